@@ -1,1 +1,11 @@
-"""resnet-jax: the ResNet family of He et al. (2015, 2016) as Flax Linen modules."""
+"""resnet-jax: the ResNet family of He et al. (2015, 2016) as Flax Linen modules.
+
+    model = resnet_jax.create_model("resnet50", num_classes=1000)
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False)
+"""
+
+from resnet_jax.models import *  # noqa: F403
+from resnet_jax.models import __all__ as _models_all
+
+__all__ = list(_models_all)
+__version__ = "0.1.0"

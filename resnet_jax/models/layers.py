@@ -1,0 +1,85 @@
+"""Layers shared by the units and the network: convolution with the papers' init, BatchNorm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# 2015 paper §3.4: weights initialised as in He et al. 2015 ("Delving deep"), N(0, 2/n); n is the
+# fan-out k*k*c_out as in fb.resnet.torch and torchvision.
+he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def conv(features: int, kernel: int, strides: int = 1, *, groups: int = 1,
+         zero_init: bool = False, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+         name: str | None = None) -> nn.Conv:
+    """A bias-free k x k convolution (BN follows it) with symmetric padding k//2, as in the
+    papers' Torch/Caffe code (XLA's 'SAME' would pad stride-2 convs asymmetrically)."""
+    pad = kernel // 2
+    return nn.Conv(
+        features, (kernel, kernel), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
+        feature_group_count=groups, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+        kernel_init=nn.initializers.zeros if zero_init else he_normal, name=name,
+    )
+
+
+class BatchNorm(nn.Module):
+    """Batch normalisation (Ioffe & Szegedy 2015) over all axes but the last.
+
+    Differs from ``flax.linen.BatchNorm`` in one deliberate way: the running variance is updated
+    with the unbiased batch variance (n/(n-1)), as in the papers' Torch7 and Caffe code and in
+    PyTorch, so statistics and converted weights agree exactly with those implementations.
+    Statistics are computed in float32 whatever ``dtype`` is; with ``axis_name`` they are
+    averaged over that mapped axis (synchronised BN over the global batch).
+
+    Attributes:
+      use_running_average: normalise with the running statistics (evaluation) instead of the
+        batch's (training, which also updates the running statistics).
+      momentum: running-average decay (PyTorch's ``momentum=0.1`` is 0.9 here).
+      epsilon: added to the variance.
+    """
+
+    use_running_average: bool
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+    scale_init: nn.initializers.Initializer = nn.initializers.ones
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = x.shape[-1]
+        scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
+        ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
+
+        if self.use_running_average:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            xf = x.astype(jnp.float32)
+            sync = self.axis_name is not None and not self.is_initializing()
+            mean = jnp.mean(xf, axes)
+            if sync:
+                mean = jax.lax.pmean(mean, self.axis_name)
+            # Two passes (mean, then mean squared deviation): exact even for large-mean inputs.
+            var = jnp.mean(jnp.square(xf - mean), axes)
+            count = x.size // features
+            if sync:
+                var = jax.lax.pmean(var, self.axis_name)
+                count *= jax.lax.axis_size(self.axis_name)
+            if not self.is_initializing():
+                unbiased = var * (count / max(count - 1, 1))
+                ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * unbiased
+
+        mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
+        y = (x.astype(jnp.float32) - mean) * mul + bias.astype(jnp.float32)
+        return y.astype(self.dtype)

@@ -1,0 +1,205 @@
+"""The ResNet network: a stem, stages of residual units, global average pooling, a classifier."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from resnet_jax.models.blocks import PREACT_ORDERS, ResidualUnit
+from resnet_jax.models.layers import BatchNorm, conv
+
+Dtype = Any
+STEMS = ("imagenet", "cifar", "deep")
+
+# torch.nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (neither paper specifies one).
+_fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _fc_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    bound = fan_in**-0.5
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Dtype = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+class Stage(nn.Module):
+    """A stage: ``num_units`` residual units of one width; the first one may change the shape."""
+
+    unit: functools.partial  # ResidualUnit with the network-wide options bound
+    num_units: int
+    features: int
+    strides: int
+    first_preact: str
+    drop_path_rates: Sequence[float]
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        for i in range(self.num_units):
+            x = self.unit(
+                features=self.features,
+                strides=self.strides if i == 0 else 1,
+                preact=self.first_preact if i == 0 else "residual",
+                drop_path_rate=self.drop_path_rates[i],
+                name=f"block{i}",
+            )(x, train)
+        return x
+
+
+class ResNet(nn.Module):
+    """A residual (or plain) network in NHWC layout.
+
+    The registered networks (``resnet_jax.list_models()``) are this class with options bound;
+    every option below can be overridden through ``create_model(name, **options)``.
+
+    Attributes:
+      stage_sizes: residual units per stage, e.g. (3, 4, 6, 3) for ResNet-50 (2015 Table 1).
+      stage_widths: base width ("planes") of each stage's units; stage i > 0 halves the resolution.
+      num_classes: classifier outputs.
+      bottleneck: bottleneck units (expansion 4) instead of basic ones.
+      stem: ``imagenet`` (7x7/2 conv, BN, ReLU, 3x3/2 max-pool; 2015 Table 1), ``cifar`` (3x3 conv,
+        BN, ReLU; 2015 §4.2) or ``deep`` (three 3x3 convs then max-pool; ResNet-D).
+      stem_width: channels of the stem (the deep stem's first two convs use half of it).
+      width_multiplier: multiplies stage_widths (Wide ResNet's k).
+      order, shortcut, stride_in_1x1, avg_down, groups, base_width, zero_init_residual,
+      bn_momentum, bn_epsilon, dtype, param_dtype, axis_name: see ``ResidualUnit``.
+      drop_path_rate: stochastic depth of the last unit; unit l of L gets l/L of it (the linear
+        decay rule of Huang et al. 2016, Eq. 4). Needs a ``dropout`` rng in training.
+      block_dropout_rate: dropout inside each residual branch (Wide ResNet).
+      dropout_rate: dropout before the classifier.
+      in_channels: channels of the input images.
+
+    Call as ``model.apply(variables, images, train=...)``, images of shape (N, H, W, in_channels).
+    Logits are float32. ``return_features=True`` returns a dict with the stem, every stage's
+    output, the pooled features and the logits (a backbone's multi-scale features); per-unit
+    outputs and the 3x3 layers' responses are sown into the ``intermediates`` collection (pass
+    ``mutable=["intermediates"]`` to get them).
+    """
+
+    stage_sizes: Sequence[int]
+    stage_widths: Sequence[int] = (64, 128, 256, 512)
+    num_classes: int = 1000
+    bottleneck: bool = False
+    stem: str = "imagenet"
+    stem_width: int = 64
+    width_multiplier: int = 1
+    order: str = "post"
+    shortcut: str = "B"
+    stride_in_1x1: bool = False
+    avg_down: bool = False
+    groups: int = 1
+    base_width: int = 64
+    zero_init_residual: bool = False
+    drop_path_rate: float = 0.0
+    block_dropout_rate: float = 0.0
+    dropout_rate: float = 0.0
+    in_channels: int = 3
+    bn_momentum: float = 0.9
+    bn_epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    axis_name: str | None = None
+
+    def _check_input(self, x: jax.Array) -> None:
+        if x.ndim != 4 or x.shape[-1] != self.in_channels:
+            hint = ""
+            if x.ndim == 4 and x.shape[1] == self.in_channels:
+                hint = " Images look NCHW: transpose them with x.transpose(0, 2, 3, 1)."
+            raise ValueError(
+                f"expected NHWC images of shape (batch, height, width, {self.in_channels}), "
+                f"got shape {tuple(x.shape)}.{hint}"
+            )
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+
+    def _norm(self, train: bool, name: str) -> BatchNorm:
+        return BatchNorm(
+            use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+            dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name, name=name,
+        )
+
+    def _conv(self, features: int, kernel: int, strides: int, name: str) -> nn.Conv:
+        return conv(features, kernel, strides, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name=name)
+
+    def _stem(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.stem == "deep":  # ResNet-D: three 3x3 convs replace the 7x7 (Bag of Tricks §4.2)
+            x = self._conv(self.stem_width // 2, 3, 2, "conv1_1")(x)
+            x = nn.relu(self._norm(train, "bn1_1")(x))
+            x = self._conv(self.stem_width // 2, 3, 1, "conv1_2")(x)
+            x = nn.relu(self._norm(train, "bn1_2")(x))
+            x = self._conv(self.stem_width, 3, 1, "conv1_3")(x)
+        elif self.stem == "cifar":  # 2015 §4.2: "the first layer is 3x3 convolutions"
+            x = self._conv(self.stem_width, 3, 1, "conv1")(x)
+        else:
+            x = self._conv(self.stem_width, 7, 2, "conv1")(x)
+        x = self._norm(train, "bn1")(x)
+        if self.stem == "cifar":
+            self.sow("intermediates", "response", x)  # first 3x3 layer of Fig. 7
+        x = nn.relu(x)
+        if self.stem != "cifar":
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        return x
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, train: bool, return_features: bool = False
+    ) -> jax.Array | dict[str, jax.Array]:
+        self._check_input(x)
+        x = jnp.asarray(x, self.dtype)
+        features: dict[str, jax.Array] = {}
+        preact_order = self.order in PREACT_ORDERS
+
+        x = self._stem(x, train)
+        features["stem"] = x
+
+        unit = functools.partial(
+            ResidualUnit,
+            bottleneck=self.bottleneck, order=self.order, shortcut=self.shortcut,
+            stride_in_1x1=self.stride_in_1x1, avg_down=self.avg_down, groups=self.groups,
+            base_width=self.base_width, zero_init_residual=self.zero_init_residual,
+            dropout_rate=self.block_dropout_rate, bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+            axis_name=self.axis_name,
+        )
+        total_units = sum(self.stage_sizes)
+        done = 0
+        stages = zip(self.stage_sizes, self.stage_widths, strict=True)
+        for s, (num_units, width) in enumerate(stages):
+            rates = [self.drop_path_rate * (done + i + 1) / total_units for i in range(num_units)]
+            # Identity Mappings §4: the stem's activation serves the first unit (no second
+            # pre-activation); later stages pre-activate before the split, so projection
+            # shortcuts take the pre-activated input (fb.resnet.torch "both_preact").
+            first_preact = "none" if s == 0 else "both"
+            x = Stage(
+                unit=unit, num_units=num_units, features=width * self.width_multiplier,
+                strides=1 if s == 0 else 2,
+                first_preact=first_preact if preact_order else "residual",
+                drop_path_rates=tuple(rates), name=f"layer{s + 1}",
+            )(x, train)
+            done += num_units
+            features[f"stage{s + 1}"] = x
+
+        if self.order == "full_preact":  # Identity Mappings §4: extra BN-ReLU after the last unit
+            x = nn.relu(self._norm(train, "final_bn")(x))
+        elif self.order == "relu_preact":
+            x = nn.relu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        features["pre_logits"] = x
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        fc_in = x.shape[-1]
+        x = nn.Dense(
+            self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
+            kernel_init=_fc_kernel_init, bias_init=_fc_bias_init(fc_in), name="fc",
+        )(x)
+        logits = jnp.asarray(x, jnp.float32)
+        if return_features:
+            features["logits"] = logits
+            return features
+        return logits

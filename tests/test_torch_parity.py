@@ -1,0 +1,79 @@
+"""Numerical equality with PyTorch through the torchvision-format converter."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import resnet_jax
+
+torch = pytest.importorskip("torch", reason="PyTorch is in requirements-dev.txt")
+from tests import torch_reference  # noqa: E402
+
+torch.set_num_threads(2)
+TOL = 1e-4
+
+
+def _nhwc(x: np.ndarray) -> jnp.ndarray:
+    return jnp.asarray(x.transpose(0, 2, 3, 1))
+
+
+def _pair(name: str, seed: int = 0):
+    net = torch_reference.build(name, num_classes=10)
+    torch_reference.randomize(net, seed)
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    variables = resnet_jax.from_torchvision(name, state)
+    return net, variables, resnet_jax.create_model(name, num_classes=10)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d"])
+def test_eval_and_train_mode_match_pytorch(name):
+    net, variables, model = _pair(name)
+    # 128 px: at 64 px the last stage's train-mode BN sees 16 values per channel, and float32
+    # summation-order noise (oneDNN vs XLA) is amplified to ~1e-4; here it stays below 6e-5.
+    x = np.random.default_rng(1).normal(size=(4, 3, 128, 128)).astype(np.float32)
+
+    net.eval()
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    logits = model.apply(variables, _nhwc(x), train=False)
+    assert np.abs(expected).max() > 0.1  # a real signal, not all zeros
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=TOL, rtol=0)
+
+    net.train()  # batch statistics, and PyTorch's running-statistics update (momentum 0.1)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    logits, updated = model.apply(variables, _nhwc(x), train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(np.asarray(logits), expected, atol=TOL, rtol=0)
+    after = resnet_jax.to_torchvision(name, {**variables, **updated})
+    for key, value in net.state_dict().items():
+        if "running_" in key:
+            np.testing.assert_allclose(after[key], value.numpy(), atol=TOL, rtol=1e-5, err_msg=key)
+
+
+def test_round_trip_and_loading_into_pytorch():
+    net, variables, _ = _pair("resnet18", seed=3)
+    state = resnet_jax.to_torchvision("resnet18", variables)
+    fresh = torch_reference.build("resnet18", num_classes=10)
+    fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(fresh.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+    back = resnet_jax.from_torchvision("resnet18", state)
+    jax.tree.map(np.testing.assert_array_equal, back, variables)
+
+
+def test_bad_state_dicts_are_named_and_nothing_is_returned():
+    net = torch_reference.build("resnet18", num_classes=10)
+    state = dict(net.state_dict())
+    with pytest.raises(ValueError, match="missing keys: layer4.1.bn2.weight"):
+        resnet_jax.from_torchvision("resnet18", {k: v for k, v in state.items()
+                                                 if k != "layer4.1.bn2.weight"})
+    with pytest.raises(ValueError, match="unexpected keys: extra.weight"):
+        resnet_jax.from_torchvision("resnet18", {**state, "extra.weight": torch.zeros(3)})
+    with pytest.raises(ValueError, match=r"mis-shaped keys: layer1.0.conv1.weight \(64, 64, 1, 1\)"):
+        resnet_jax.from_torchvision(
+            "resnet18", {**state, "layer1.0.conv1.weight": torch.zeros(64, 64, 1, 1)})
+    # Weights of another architecture: both the missing and the mis-shaped keys are named.
+    with pytest.raises(ValueError, match=r"missing keys: layer1.0.bn3.bias.*mis-shaped keys: "
+                                         r"fc.weight \(10, 512\) \(expected \(10, 2048\)\)"):
+        resnet_jax.from_torchvision("resnet50", state)
