@@ -1,6 +1,11 @@
 """Models: the block vocabulary, the network, the registry of named networks and their tools."""
 
-from resnet_jax.models.analysis import abstract_variables, count_macs, count_params
+from resnet_jax.models.analysis import (
+    abstract_variables,
+    count_macs,
+    count_params,
+    init_variables,
+)
 from resnet_jax.models.blocks import ResidualUnit
 from resnet_jax.models.registry import *  # noqa: F403  (every named network, e.g. ResNet50)
 from resnet_jax.models.registry import __all__ as _registered
@@ -9,5 +14,5 @@ from resnet_jax.models.torchvision import from_torchvision, to_torchvision
 
 __all__ = [
     "ResNet", "ResidualUnit", "Stage", "abstract_variables", "count_macs", "count_params",
-    "from_torchvision", "to_torchvision", *_registered,
+    "init_variables",     "from_torchvision", "to_torchvision", *_registered,
 ]

@@ -26,8 +26,9 @@ def register(name: str, **options: Any) -> functools.partial:
 
 
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered model names matching a shell-style ``pattern`` (e.g. ``"preact_*"``), sorted."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+    """Registered model names matching a shell-style ``pattern`` (e.g. ``"preact_*"``), grouped
+    by family in registration order (ImageNet networks first, then CIFAR ones)."""
+    return [n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern)]
 
 
 def model_options(name: str) -> dict[str, Any]:

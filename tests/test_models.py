@@ -1,0 +1,352 @@
+"""The model zoo against the papers' and torchvision's published numbers, and its behaviour."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
+
+import resnet_jax
+from resnet_jax.models import ResidualUnit
+from resnet_jax.models.blocks import drop_path
+
+
+def _size(model) -> int:
+    return 32 if model.stem == "cifar" else 224
+
+
+@functools.cache
+def _abstract(name: str, **options):
+    """(logits, variables) of ``init_with_output`` as shapes: one trace per model, no compute."""
+    model = resnet_jax.create_model(name, **options)
+    x = jnp.zeros((2, _size(model), _size(model), 3))
+    return jax.eval_shape(lambda: model.init_with_output(jax.random.PRNGKey(0), x, train=False))
+
+
+def _init(module: nn.Module, x: jax.Array, seed: int = 1):
+    return jax.jit(lambda key: module.init(key, x, train=False))(jax.random.PRNGKey(seed))
+
+
+def _params(name: str, **options):
+    return _abstract(name, **options)[1]["params"]
+
+
+# torchvision's documented parameter counts, and 2015 paper Table 6 (CIFAR, option A).
+EXACT_PARAMS = {
+    "resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032,
+    "resnet101": 44_549_160, "resnet152": 60_192_808, "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336, "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
+    "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
+    "resnet110": 1_727_962, "resnet1202": 19_421_274,
+    "resnet50d": 25_576_264,  # timm's resnet50d
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXACT_PARAMS))
+def test_parameter_counts_are_exact(name):
+    assert resnet_jax.count_params(_params(name)) == EXACT_PARAMS[name]
+
+
+@pytest.mark.parametrize(("name", "millions"), [
+    ("resnet20", 0.27), ("resnet32", 0.46), ("resnet44", 0.66), ("resnet56", 0.85),
+    ("resnet110", 1.7), ("resnet1202", 19.4),  # 2015 Table 6
+    ("preact_resnet110", 1.7), ("preact_resnet164", 1.7),  # Identity Mappings Table 3
+    ("wrn28_10", 36.5),  # Zagoruyko & Komodakis Table 1
+    ("resnext29_8x64d", 34.4),  # Xie et al. Table 7
+])
+def test_parameter_counts_match_papers(name, millions):
+    digits = len(str(millions).split(".")[1])
+    assert round(resnet_jax.count_params(_params(name)) / 1e6, digits) == millions
+
+
+def test_preact_resnet1001_matches_paper_counting_weights_only():
+    # Identity Mappings Table 3 gives 10.2M for ResNet-1001: that is its conv and fc weights;
+    # with its 149,216 BN scales and shifts it has 10.33M (164: 1.70M either way).
+    params = _params("preact_resnet1001")
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    weights = sum(np.prod(leaf.shape) for path, leaf in flat
+                  if path[-1].key == "kernel" or path[-2].key == "fc")
+    assert round(weights / 1e6, 1) == 10.2
+    assert resnet_jax.count_params(params) == 10_327_706
+
+
+# torchvision's GFLOPS (GMACs) at 224 px; 2015 Table 1 (v1); CIFAR at 32 px.
+MACS = {
+    "resnet18": 1.814e9, "resnet34": 3.664e9, "resnet50": 4.089e9, "resnet101": 7.801e9,
+    "resnet152": 11.514e9, "resnet50_v1": 3.86e9, "resnet101_v1": 7.57e9,
+    "resnet152_v1": 11.28e9, "resnet20": 40.6e6, "resnet56": 125.5e6, "resnet110": 252.9e6,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MACS))
+def test_macs_within_one_percent(name):
+    model = resnet_jax.create_model(name)
+    macs = resnet_jax.count_macs(model, (1, _size(model), _size(model), 3))
+    assert abs(macs / MACS[name] - 1) < 0.01
+
+
+def test_macs_scale_with_batch_and_paper_table1_rounding():
+    model = resnet_jax.create_model("resnet50_v1")
+    one = resnet_jax.count_macs(model, (1, 224, 224, 3))
+    assert resnet_jax.count_macs(model, (2, 224, 224, 3)) == 2 * one
+    assert round(one / 1e9, 1) == 3.9  # Table 1 prints 3.8 x 10^9 FLOPs (truncated, not rounded)
+
+
+@pytest.mark.parametrize("name", resnet_jax.list_models())
+def test_every_model_builds_with_the_right_output_shape(name):
+    out = _abstract(name)[0]
+    assert out.shape == (2, resnet_jax.create_model(name).num_classes)
+    assert out.dtype == jnp.float32
+
+
+def test_registry_names_and_partials():
+    names = resnet_jax.list_models()
+    for required in ["resnet18", "resnet200", "resnet50_v1", "preact_resnet200", "plain34",
+                     "resnext101_32x8d", "wide_resnet101_2", "resnet50d", "resnet1202",
+                     "plain110", "preact_resnet1001", "wrn28_10", "resnext29_8x64d"]:
+        assert required in names
+    assert resnet_jax.list_models("preact_*") == [n for n in names if n.startswith("preact_")]
+    assert resnet_jax.ResNet50(num_classes=10) == resnet_jax.create_model("resnet50",
+                                                                         num_classes=10)
+    assert resnet_jax.PreActResNet164().order == "full_preact"
+
+
+def test_unknown_name_and_option_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown model 'resnet5'.*Did you mean: .*resnet56"):
+        resnet_jax.create_model("resnet5")
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['num_clases'\]"):
+        resnet_jax.create_model("resnet18", num_clases=10)
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    model = resnet_jax.create_model("resnet20")
+    with pytest.raises(ValueError, match=r"NHWC.*\(batch, height, width, 3\).*transpose"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 32, 32)), train=False)
+    with pytest.raises(ValueError, match=r"got shape \(32, 32, 3\)"):
+        model.init(jax.random.PRNGKey(0), jnp.zeros((32, 32, 3)), train=False)
+
+
+def _shortcut_modules(params) -> list[str]:
+    return sorted("/".join(p.key for p in path[:-1])
+                  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]
+                  if path[-2].key == "downsample_conv")
+
+
+def test_shortcut_options():
+    assert _shortcut_modules(_params("resnet20")) == []  # option A: parameter-free
+    assert _shortcut_modules(_params("resnet20", shortcut="B")) == [
+        "layer2/block0/downsample_conv", "layer3/block0/downsample_conv"]
+    assert len(_shortcut_modules(_params("resnet20", shortcut="C"))) == 9  # every unit
+    assert _shortcut_modules(_params("plain20")) == []
+    # Plain and option-A nets have identical parameters: only the shortcut differs.
+    assert resnet_jax.count_params(_params("plain20")) == EXACT_PARAMS["resnet20"]
+
+
+def test_option_a_subsamples_and_zero_pads():
+    unit = ResidualUnit(features=8, strides=2, shortcut="A", zero_init_residual=True)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 6, 6, 4))  # non-negative, like ReLU output
+    variables = _init(unit, x, 1)
+    y = unit.apply(variables, x, train=False)  # branch is zero: y is the option-A shortcut
+    expected = jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (2, 2)))
+    np.testing.assert_allclose(y, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("order", ["post", "relu_before_add", "relu_preact", "full_preact"])
+@pytest.mark.parametrize("bottleneck", [False, True])
+@pytest.mark.parametrize("train", [False, True])
+def test_zero_init_residual_unit_is_identity_at_init(order, bottleneck, train):
+    unit = ResidualUnit(features=4, bottleneck=bottleneck, order=order, zero_init_residual=True)
+    channels = unit.out_features
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 5, 5, channels))  # post-ReLU input
+    variables = _init(unit, x, 1)
+    y = unit.apply(variables, x, train=train, mutable=["batch_stats"])[0]
+    np.testing.assert_allclose(y, x, atol=1e-6)
+    plain = ResidualUnit(features=4, bottleneck=bottleneck, order=order)
+    y = plain.apply(_init(plain, x, 1), x, train=False)
+    assert np.abs(y - x).max() > 1e-2  # without zero init the branch contributes
+
+
+def test_activation_orders_follow_identity_mappings_fig4():
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 5, 4))
+
+    def run(order: str, **override) -> jax.Array:
+        unit = ResidualUnit(features=4, order=order)
+        variables = _init(unit, x, 1)
+        params = jax.tree.map(lambda a: a, variables["params"])
+        for key, value in override.items():
+            module, leaf = key.split(".")
+            params[module][leaf] = jnp.full_like(params[module][leaf], value)
+        return unit.apply({**variables, "params": params}, x, train=False)
+
+    # (a) original: ReLU after the addition; a zero branch leaves relu(x).
+    np.testing.assert_allclose(run("post", **{"bn2.scale": 0.0}), nn.relu(x), atol=1e-6)
+    # (b) BN after addition: BN(x + F) then ReLU; BN scale 0, shift 1 gives exactly 1 everywhere.
+    np.testing.assert_allclose(run("bn_after_add", **{"bn2.scale": 0.0, "bn2.bias": 1.0}), 1.0)
+    # (c) ReLU before addition: the branch is non-negative, nothing follows the addition.
+    y = run("relu_before_add")
+    assert np.all(np.asarray(y - x) >= -1e-6) and np.any(np.asarray(y) < 0)
+    # (d) ReLU-only pre-activation and (e) full pre-activation: nothing after the addition,
+    # so a zero branch gives back x itself, negative values included.
+    np.testing.assert_allclose(run("relu_preact", **{"bn2.scale": 0.0}), x, atol=1e-6)
+    np.testing.assert_allclose(run("full_preact", **{"conv2.kernel": 0.0}), x, atol=1e-6)
+    assert np.any(np.asarray(x) < 0)
+
+
+def test_preact_network_structure():
+    params = _params("preact_resnet164")
+    # Stem conv-BN-ReLU feeds the first unit, which has no pre-activation BN of its own...
+    assert "bn1" in params and "bn1" not in params["layer1"]["block0"]
+    # ...later stages pre-activate before the split (the projection takes the activated input),
+    assert "bn1" in params["layer2"]["block0"] and "downsample_conv" in params["layer2"]["block0"]
+    # ...pre-activation projections have no BN, and a final BN precedes pooling.
+    assert "downsample_bn" not in params["layer2"]["block0"]
+    assert params["final_bn"]["scale"].shape == (256,)
+
+
+def test_stride_placement_v1_vs_v15():
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+
+    def conv_outputs(name: str) -> tuple:
+        model = resnet_jax.create_model(name)
+        variables = resnet_jax.abstract_variables(model, x.shape)
+        _, state = jax.eval_shape(lambda v, x: model.apply(
+            v, x, train=False, capture_intermediates=True, mutable=["intermediates"]),
+            variables, x)
+        block = state["intermediates"]["layer2"]["block0"]
+        return tuple(block[f"conv{i}"]["__call__"][0].shape[1:3] for i in (1, 2, 3))
+
+    # Stage 2 takes 16x16 in and gives 8x8 out; the stride sits on the 1x1 (v1, 2015 paper)
+    # or on the 3x3 (v1.5, torchvision).
+    assert conv_outputs("resnet50_v1") == ((8, 8), (8, 8), (8, 8))
+    assert conv_outputs("resnet50") == ((16, 16), (8, 8), (8, 8))
+
+
+def test_jit_matches_eager_and_train_mode_updates_stats():
+    model = resnet_jax.create_model("resnet20", num_classes=10, stage_sizes=(1, 1, 1))
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
+    variables = _init(model, x, 1)
+    eager = model.apply(variables, x, train=False)
+    jitted = jax.jit(functools.partial(model.apply, train=False))(variables, x)
+    np.testing.assert_allclose(eager, jitted, atol=1e-5)
+    _, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    before = variables["batch_stats"]["bn1"]["mean"]
+    assert not np.allclose(state["batch_stats"]["bn1"]["mean"], before)
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
+    model = resnet_jax.create_model("resnet20", dtype=jnp.bfloat16)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+    variables = _init(model, x, 1)
+    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    logits, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
+    features = model.apply(variables, x, train=False, return_features=True)
+    assert features["stage3"].dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    reference = resnet_jax.create_model("resnet20").apply(variables, x, train=False)
+    np.testing.assert_allclose(features["logits"], reference, rtol=0.1, atol=0.1)
+
+
+def test_cross_device_batchnorm_equals_whole_batch_batchnorm():
+    devices = np.array(jax.devices()[:4])
+    mesh = Mesh(devices, ("batch",))
+    synced = resnet_jax.create_model("resnet20", axis_name="batch", stage_sizes=(1, 1, 1))
+    local = resnet_jax.create_model("resnet20", stage_sizes=(1, 1, 1))
+    x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
+    variables = _init(local, x, 1)
+
+    @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P("batch")),
+                       out_specs=(P("batch"), P()))
+    def sharded(v, xs):
+        return synced.apply(v, xs, train=True, mutable=["batch_stats"])
+
+    logits, state = sharded(variables, x)
+    ref_logits, ref_state = local.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), state, ref_state)
+
+
+def test_batchnorm_running_variance_is_unbiased_like_pytorch():
+    bn = resnet_jax.models.layers.BatchNorm(use_running_average=False, momentum=0.0)
+    x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 2, 5)) * 3 + 1
+    variables = bn.init(jax.random.PRNGKey(1), x)
+    _, state = bn.apply(variables, x, mutable=["batch_stats"])
+    flat = np.asarray(x).reshape(-1, 5)
+    np.testing.assert_allclose(state["batch_stats"]["var"], flat.var(0, ddof=1), rtol=1e-5)
+    np.testing.assert_allclose(state["batch_stats"]["mean"], flat.mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_features_and_intermediates():
+    model = resnet_jax.create_model("resnet50")
+    x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
+    variables = resnet_jax.abstract_variables(model, x.shape)
+    feats = jax.eval_shape(lambda v, x: model.apply(v, x, train=False, return_features=True),
+                           variables, x)
+    assert {k: v.shape for k, v in feats.items()} == {
+        "stem": (1, 56, 56, 64), "stage1": (1, 56, 56, 256), "stage2": (1, 28, 28, 512),
+        "stage3": (1, 14, 14, 1024), "stage4": (1, 7, 7, 2048), "pre_logits": (1, 2048),
+        "logits": (1, 1000)}
+    cifar = resnet_jax.create_model("resnet20")
+    x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
+    v = resnet_jax.abstract_variables(cifar, x.shape)
+    _, state = jax.eval_shape(
+        lambda v, x: cifar.apply(v, x, train=False, mutable=["intermediates"]), v, x)
+    responses = [leaf for path, leaf in
+                 jax.tree_util.tree_flatten_with_path(state["intermediates"])[0]
+                 if path[-2].key.startswith("response")]
+    assert len(responses) == 19  # every 3x3 layer of ResNet-20: stem + 9 units x 2
+    unit_outputs = [p for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]
+                    if p[-2].key == "output"]
+    assert len(unit_outputs) == 9
+
+
+def test_stochastic_depth_and_dropout():
+    x = jnp.ones((4000, 1))
+    dropped = drop_path(x, 0.3, jax.random.PRNGKey(0))
+    assert abs(float(jnp.mean(dropped == 0)) - 0.3) < 0.03
+    assert abs(float(jnp.mean(dropped)) - 1.0) < 0.05  # survivors rescaled by 1/0.7
+
+    model = resnet_jax.create_model("resnet20", drop_path_rate=0.5, dropout_rate=0.2,
+                                    stage_sizes=(1, 1, 1))
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
+    variables = _init(model, x, 1)
+
+    def train(seed: int) -> jax.Array:
+        return model.apply(variables, x, train=True, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.PRNGKey(seed)})[0]
+
+    assert not np.allclose(train(0), train(1))
+    np.testing.assert_array_equal(train(2), train(2))
+    np.testing.assert_array_equal(model.apply(variables, x, train=False),
+                                  model.apply(variables, x, train=False))
+    # Linear decay rule: unit l of L is dropped with probability l/L * rate.
+    model = resnet_jax.create_model("resnet20", drop_path_rate=0.5)
+    variables = _init(model, x)
+    rates = []
+    model.apply(variables, x, train=True, mutable=["batch_stats"],
+                rngs={"dropout": jax.random.PRNGKey(0)},
+                method=lambda m, *a, **k: _collect_rates(m, rates, *a, **k))
+    assert rates == pytest.approx([0.5 * (i + 1) / 9 for i in range(9)])
+
+
+def _collect_rates(module, rates, x, train):
+    with nn.intercept_methods(
+        lambda f, args, kwargs, ctx: (
+            rates.append(ctx.module.drop_path_rate)
+            if isinstance(ctx.module, ResidualUnit) and ctx.method_name == "__call__" else None,
+            f(*args, **kwargs))[1]):
+        return module(x, train=train)
+
+
+def test_resnet_d_average_pool_shortcut_handles_odd_sizes():
+    model = resnet_jax.create_model("resnet50d", num_classes=3, stage_sizes=(1, 1, 1, 1))
+    x = jnp.ones((1, 100, 100, 3))  # stage resolutions 25 -> 13 -> 7 -> 4: odd sizes pooled
+    variables = _init(model, x)
+    logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
+    assert logits.shape == (1, 3) and np.all(np.isfinite(logits))
+    assert "conv1_3" in variables["params"] and "downsample_conv" in (
+        variables["params"]["layer2"]["block0"])
