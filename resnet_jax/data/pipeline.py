@@ -1,0 +1,594 @@
+"""``create_dataset``: one tf.data pipeline for every source, preset and evaluation view.
+
+Stream layout (index sources: folders, digits, small tfds splits). Epoch ``e`` is a permutation
+of the whole split seeded by (seed, e); global batch ``b`` of the epoch is positions
+[b*G, (b+1)*G) of it and process ``p`` takes the slice [p*L, (p+1)*L) of that batch (G global,
+L = G / process_count local batch). So each epoch's processes read disjoint examples that
+together form the global batch a single process would have read, every epoch has exactly
+``num_examples // G`` batches (the remainder differs from epoch to epoch), and batch number
+``step`` is a pure function of (seed, step): resuming at ``start_step`` skips whole epochs
+arithmetically and then ``start_step % steps_per_epoch`` batches of index tuples (no decoding).
+
+Large tfds splits stream: process ``p`` reads the contiguous slice [n*p/P, n*(p+1)/P) of the
+split, and each epoch is that slice shuffled through a buffer seeded by (seed, epoch). Resuming
+skips whole epochs arithmetically and reads (without decoding) the records of a partial epoch.
+
+Every random augmentation is seeded statelessly from (seed, epoch, position in epoch), so a
+resumed stream is bit-identical to the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from resnet_jax.data import augment as aug
+from resnet_jax.data import eval_views, sources
+from resnet_jax.data.sources import CorruptImageError, DataError, IndexSource, TfdsStreamSource
+
+log = logging.getLogger(__name__)
+
+# tf.data only feeds the host; it must never take an accelerator from JAX.
+try:
+    tf.config.set_visible_devices([], "GPU")
+except RuntimeError:  # already initialised by someone else; nothing to hide then
+    pass
+
+NORMALIZATIONS = ("mean_std", "per_pixel_mean", "none")
+# Per-channel statistics on [0, 1] pixels of the training sets.
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+KNOWN_MEAN_STD = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+_SEED_SALT = 0x5EED_DA7A
+_MAX_EPOCHS = 1 << 40
+_DIAGNOSE_MAX_EXAMPLES = 200_000
+_STATS_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Further options of ``create_dataset`` (passed as keyword arguments).
+
+    Normalisation: ``normalization`` is ``"mean_std"`` (per channel; ``mean``/``std`` override
+    the defaults: known constants for cifar10/cifar100, ImageNet's for imagenet-like and other
+    large tfds data, estimated from the training split for folders and digits),
+    ``"per_pixel_mean"`` (subtract the training set's mean image, 2015 paper §4.2), or ``"none"``
+    ([0, 1] pixels). ``stats_split`` (default ``"train"``) and ``stats_max_examples`` (default
+    2,000 evenly spaced images for mean/std, 50,000 for the mean image) choose the images the
+    estimates come from.
+
+    Augmentation: ``flip``; ``cifar_pad`` (4); ``scale_range`` ((256, 480) for a 224 output,
+    scaled with image_size); ``lighting_std`` (0.1; 0 disables); ``area_range`` ((0.08, 1)) and
+    ``aspect_range`` ((3/4, 4/3)); ``color_jitter`` (0: off; else brightness/contrast/saturation
+    strength); ``resize_method`` (tf.image.resize method, "bilinear").
+
+    Evaluation: ``crop_fraction`` of the shorter side for the centre view (default 1.0 for
+    image_size <= 64, else 224/256); ``ten_crop_resize`` (shorter side before 10-crop, default
+    image_size * 256/224); ``multi_scale_sizes`` (default (224, 256, 384, 480, 640) scaled by
+    image_size / 224).
+
+    Input: ``cache`` ("auto": hold encoded bytes in memory when the split is <= 1 GiB;
+    True/False); ``skip_corrupt`` (skip and count undecodable folder files instead of raising);
+    ``shuffle_buffer`` (streamed tfds splits only); ``download``/``manual_dir`` (tfds
+    preparation); ``class_names`` (folder: fix the class list and order).
+
+    Distribution: ``process_index``/``process_count`` (default: jax's), ``device_count`` (default
+    jax.device_count()). Misc: ``with_index`` adds "index" (position in the split, -1 for
+    padding) to each batch; ``num_parallel_calls``; ``threads`` (private tf.data thread pool
+    size, 0 = TensorFlow's default of one per core).
+    """
+
+    normalization: str = "mean_std"
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    stats_split: str | None = None
+    stats_max_examples: int | None = None
+    flip: bool = True
+    cifar_pad: int = 4
+    scale_range: tuple[float, float] = (256.0, 480.0)
+    lighting_std: float = 0.1
+    area_range: tuple[float, float] = (0.08, 1.0)
+    aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
+    color_jitter: float = 0.0
+    resize_method: str = "bilinear"
+    crop_fraction: float | None = None
+    ten_crop_resize: int | None = None
+    multi_scale_sizes: Sequence[int] | None = None
+    cache: bool | str = "auto"
+    skip_corrupt: bool = False
+    shuffle_buffer: int = 16_384
+    download: bool = False
+    manual_dir: str | None = None
+    class_names: Sequence[str] | None = None
+    process_index: int | None = None
+    process_count: int | None = None
+    device_count: int | None = None
+    with_index: bool = False
+    num_parallel_calls: int = tf.data.AUTOTUNE
+    threads: int = 0
+
+
+class Dataset:
+    """An iterable of batches from ``create_dataset``, plus what the trainer needs to know.
+
+    Attributes: ``num_classes``, ``class_names``, ``num_examples`` (whole split, all processes),
+    ``steps_per_epoch`` (train: ``num_examples // global_batch_size``; eval: batches covering the
+    split once), ``global_batch_size``, ``local_batch_size``, ``skipped_files`` (files skipped
+    with ``skip_corrupt``), ``tf_dataset`` (the underlying tf.data.Dataset of tensors).
+
+    Iterating yields dicts of numpy arrays local to this process (L = local batch):
+    ``"image"``: [L, H, W, 3] float32/bfloat16, normalised ("ten_crop": [L, 10, H, W, 3]; the
+    views are ordered top-left, top-right, bottom-left, bottom-right, centre, then the same five
+    mirrored; "multi_scale": a tuple with one [L, s, s, 3] array per scale, smallest first,
+    sizes in ``view_sizes``); ``"label"``: int32 [L]; ``"mask"``: bool [L], True for real
+    examples (False only for the padding of the last evaluation batch). Training iterates
+    forever; evaluation yields exactly ``steps_per_epoch`` batches on every process.
+    """
+
+    def __init__(
+        self,
+        tf_dataset: tf.data.Dataset,
+        *,
+        source: IndexSource | TfdsStreamSource,
+        num_examples: int,
+        steps_per_epoch: int,
+        global_batch_size: int,
+        local_batch_size: int,
+        view_sizes: tuple[int, ...],
+    ):
+        self.tf_dataset = tf_dataset
+        self.source = source
+        self.class_names: list[str] = list(source.class_names)
+        self.num_classes: int = len(self.class_names)
+        self.num_examples = num_examples
+        self.steps_per_epoch = steps_per_epoch
+        self.global_batch_size = global_batch_size
+        self.local_batch_size = local_batch_size
+        self.view_sizes = view_sizes
+        self.skipped_files: list[str] = list(getattr(source, "skipped_files", []))
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        it = self.tf_dataset.as_numpy_iterator()
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except tf.errors.InvalidArgumentError as e:
+                raise self._decode_error(e) from e
+            yield batch
+
+    def _decode_error(self, err: Exception) -> Exception:
+        source = self.source
+        msg = str(err).strip().splitlines()[0][:300]
+        if isinstance(source, IndexSource) and len(source) <= _DIAGNOSE_MAX_EXAMPLES:
+            bad = [source.describe(i) for i in sources.find_undecodable(source)]
+            if bad:
+                shown = ", ".join(repr(b) for b in bad[:5])
+                return CorruptImageError(
+                    f"{len(bad)} image(s) cannot be decoded: {shown}"
+                    f"{' ...' if len(bad) > 5 else ''}. Remove them or pass skip_corrupt=True."
+                )
+        return CorruptImageError(
+            f"an image of {source.name} cannot be decoded ({msg}); list the bad files with "
+            "resnet_jax.data.find_corrupt_images(root, split) or pass skip_corrupt=True"
+        )
+
+
+def _jax_topology(opts: Options) -> tuple[int, int, int]:
+    if None in (opts.process_index, opts.process_count, opts.device_count):
+        import jax
+
+        pi = jax.process_index() if opts.process_index is None else opts.process_index
+        pc = jax.process_count() if opts.process_count is None else opts.process_count
+        dc = jax.device_count() if opts.device_count is None else opts.device_count
+        return pi, pc, dc
+    return opts.process_index, opts.process_count, opts.device_count
+
+
+def open_source(
+    name: str, split: str, data_dir: str | None, opts: Options
+) -> IndexSource | TfdsStreamSource:
+    """The source for ``name``/``split`` (see sources.py)."""
+    if name == sources.FOLDER:
+        src = sources.folder_source(
+            data_dir,
+            split,
+            skip_corrupt=opts.skip_corrupt,
+            cache=opts.cache,
+            class_names=opts.class_names,
+        )
+        if opts.skip_corrupt:
+            bad = sources.find_undecodable(src)
+            if bad:
+                src = sources.drop_examples(src, bad)
+        if src.skipped_files:
+            log.warning("%s: skipped %d corrupt file(s)", src.name, len(src.skipped_files))
+        if len(src) == 0:
+            raise DataError(f"{src.name}: no readable images")
+        return src
+    if name == sources.DIGITS:
+        return sources.digits_source(split)
+    return sources.tfds_source(
+        name,
+        split,
+        data_dir=data_dir,
+        download=opts.download,
+        manual_dir=opts.manual_dir,
+        cache=opts.cache,
+    )
+
+
+def _estimate_stats(
+    name: str, data_dir: str | None, image_size: int, opts: Options, split: str, limit: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean image [H, W, 3], channel mean [3], channel std [3]) over up to
+    ``stats_max_examples`` evenly spaced training images at the output size."""
+    stats_split = opts.stats_split or "train"
+    if name == sources.FOLDER and opts.stats_split is None and data_dir is not None:
+        # A folder without a "train" split is normalised with its own statistics.
+        stats_split = "train" if (Path(data_dir) / "train").is_dir() else split
+    limit = opts.stats_max_examples or limit
+    key = (name, str(data_dir), stats_split, image_size, limit, opts.resize_method)
+    if key in _STATS_CACHE:
+        return _STATS_CACHE[key]
+    src = open_source(name, stats_split, data_dir, dataclasses.replace(opts, skip_corrupt=True))
+    if not isinstance(src, IndexSource):
+        raise DataError(
+            f"cannot estimate normalisation statistics of the streamed dataset {name!r}; "
+            "pass mean=..., std=... or normalization='mean_std' with known constants"
+        )
+    n = len(src)
+    idx = np.linspace(0, n - 1, num=min(n, limit)).round().astype(np.int64)
+    lookup = src.lookup_fn()
+    ds = tf.data.Dataset.from_tensor_slices(np.unique(idx))
+    ds = ds.map(
+        lambda i: eval_views.center(lookup(i), image_size, 1.0, opts.resize_method),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    ).batch(256)
+    total = np.zeros((image_size, image_size, 3))
+    total_sq = np.zeros(3)
+    count = 0
+    for batch in ds.as_numpy_iterator():
+        b = batch.astype(np.float64)
+        total += b.sum(axis=0)
+        total_sq += (b**2).sum(axis=(0, 1, 2))
+        count += len(b)
+    mean_img = total / count
+    mean = mean_img.mean(axis=(0, 1))
+    std = np.sqrt(np.maximum(total_sq / (count * image_size**2) - mean**2, 1e-12))
+    _STATS_CACHE[key] = (mean_img.astype(np.float32), mean, std)
+    return _STATS_CACHE[key]
+
+
+def _normalizer(name: str, data_dir: str | None, image_size: int, split: str, opts: Options):
+    """A function float [..., h, w, 3] in [0, 1] -> normalised image."""
+    if opts.normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {opts.normalization}")
+    if opts.normalization == "none":
+        return lambda img: img
+    if opts.normalization == "per_pixel_mean":
+        # 2015 paper §4.2 (CIFAR) and §3.4 (ImageNet): "the per-pixel mean subtracted".
+        mean_img = _estimate_stats(name, data_dir, image_size, opts, split, 50_000)[0]
+
+        def sub_mean(img):
+            hw = tuple(img.shape[-3:-1])
+            m = mean_img if hw == mean_img.shape[:2] else tf.image.resize(mean_img, hw)
+            return img - tf.constant(m, tf.float32)
+
+        return sub_mean
+    if opts.mean is not None or opts.std is not None:
+        if opts.mean is None or opts.std is None:
+            raise ValueError("pass both mean and std (per channel, for [0, 1] pixels)")
+        mean, std = opts.mean, opts.std
+    elif name in KNOWN_MEAN_STD:
+        mean, std = KNOWN_MEAN_STD[name]
+    elif name in (sources.FOLDER, sources.DIGITS):
+        _, mean, std = _estimate_stats(name, data_dir, image_size, opts, split, 2_000)
+    else:
+        mean, std = IMAGENET_MEAN_STD
+    mean_t = tf.constant(np.asarray(mean, np.float32).reshape(3))
+    inv_std = tf.constant(1.0 / np.asarray(std, np.float32).reshape(3))
+    return lambda img: (img - mean_t) * inv_std
+
+
+def _example_seed(seed: int, epoch: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
+    """Stateless per-example seed from (run seed, epoch, position in epoch)."""
+    # One fold-in of (epoch, position) packed in 64 bits: positions < 2**40, epochs < 2**23.
+    data = tf.cast(epoch, tf.int64) * (1 << 40) + tf.cast(position, tf.int64)
+    return tf.random.experimental.stateless_fold_in(tf.constant([seed, _SEED_SALT], tf.int64), data)
+
+
+def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    return tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, _SEED_SALT + 1], tf.int64), tf.cast(epoch, tf.int64)
+    )
+
+
+def _train_transform(augment: str, image_size: int, opts: Options):
+    """(encoded, seed) -> {"image": float32 [image_size, image_size, 3] in [0, 1], ...}.
+
+    Normalisation (and the CIFAR pad/crop/flip) run per batch afterwards: see ``_finish``.
+    """
+    method = opts.resize_method
+    crop_fraction = opts.crop_fraction or eval_views.default_crop_fraction(image_size)
+
+    def none(encoded, seed):
+        del seed
+        return {"image": eval_views.center(encoded, image_size, crop_fraction, method)}
+
+    def cifar(encoded, seed):
+        # 2015 paper §4.2: the whole 32x32 image, padded by 4 and randomly cropped, per batch.
+        img = eval_views.center(encoded, image_size, 1.0, method)
+        return {"image": img, **aug.cifar_params(seed, opts.cifar_pad, opts.flip)}
+
+    def resnet_paper(encoded, seed):
+        # 2015 paper §3.4: scale augmentation [256, 480], 224 crop, flip, colour (lighting).
+        s_win, s_light, s_flip = aug.split_seed(seed, 3)
+        crop = aug.decode_window(
+            encoded,
+            lambda hw: aug.resnet_paper_window(hw, s_win, image_size, tuple(opts.scale_range)),
+        )
+        img = aug.resize(crop, image_size, method)
+        if opts.lighting_std > 0:
+            img = aug.lighting(img, s_light, opts.lighting_std)
+        return {"image": aug.random_flip(img, s_flip) if opts.flip else img}
+
+    def inception(encoded, seed):
+        s_win, s_jit, s_flip = aug.split_seed(seed, 3)
+        crop = aug.decode_window(
+            encoded,
+            lambda hw: aug.inception_window(
+                hw, s_win, tuple(opts.area_range), tuple(opts.aspect_range)
+            ),
+        )
+        img = aug.resize(crop, image_size, method)
+        if opts.color_jitter > 0:
+            img = aug.color_jitter(img, s_jit, opts.color_jitter)
+        return {"image": aug.random_flip(img, s_flip) if opts.flip else img}
+
+    table = {"none": none, "cifar": cifar, "resnet_paper": resnet_paper, "inception": inception}
+    if augment not in table:
+        raise ValueError(f"augment must be one of {aug.PRESETS}, not {augment!r}")
+    return table[augment]
+
+
+def _eval_transform(view: str, image_size: int, opts: Options):
+    """encoded -> (view(s) as float32 in [0, 1], view sizes)."""
+    method = opts.resize_method
+    if view == "center":
+        fraction = opts.crop_fraction or eval_views.default_crop_fraction(image_size)
+        return (lambda e: eval_views.center(e, image_size, fraction, method)), (image_size,)
+    if view == "ten_crop":
+        resize_to = opts.ten_crop_resize or int(round(image_size * 256 / 224))
+        if resize_to < image_size:
+            raise ValueError(f"ten_crop_resize {resize_to} < image_size {image_size}")
+        return (lambda e: eval_views.ten_crop(e, image_size, resize_to, method)), (image_size,)
+    if view == "multi_scale":
+        sizes = tuple(opts.multi_scale_sizes or eval_views.scaled_sizes(image_size))
+        sizes = tuple(sorted(int(s) for s in sizes))
+        return (lambda e: eval_views.multi_scale(e, sizes, method)), sizes
+    raise ValueError(f"eval_view must be one of {eval_views.VIEWS}, not {view!r}")
+
+
+def _finish(normalize, out_dtype: tf.DType, cifar_pad: int | None):
+    """Per-batch tail: normalise, CIFAR pad/crop/flip (train preset "cifar"), cast."""
+
+    def finish(batch):
+        batch = dict(batch)
+        image = tf.nest.map_structure(normalize, batch["image"])
+        if cifar_pad is not None:
+            image = aug.cifar_apply(image, batch.pop("crop_yx"), batch.pop("flip"), cifar_pad)
+        batch["image"] = tf.nest.map_structure(lambda t: tf.cast(t, out_dtype), image)
+        return batch
+
+    return finish
+
+
+def _padding_like(ds: tf.data.Dataset, count: int) -> tf.data.Dataset:
+    """``count`` all-zero elements shaped like ``ds``'s, with mask False and index -1."""
+    zeros = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+    zeros["mask"] = tf.constant(False)
+    if "index" in zeros:
+        zeros["index"] = tf.constant(-1, tf.int64)
+    return tf.data.Dataset.from_tensors(zeros).repeat(count)
+
+
+def create_dataset(
+    name: str,
+    split: str,
+    *,
+    global_batch_size: int,
+    train: bool,
+    image_size: int,
+    augment: str = "none",
+    eval_view: str = "center",
+    data_dir: str | None = None,
+    seed: int = 0,
+    start_step: int = 0,
+    dtype: str = "float32",
+    **options: Any,
+) -> Dataset:
+    """Build the input pipeline for one split; see the module docstring and ``Dataset``.
+
+    Args:
+      name: "cifar10", "cifar100", "imagenet2012", "imagenette" or any tfds image
+        classification name; "folder" (``data_dir/<split>/<class>/*.jpg|png``); "digits"
+        (scikit-learn's handwritten digits, splits "train"/"test").
+      split: the split ("train", "test", "validation", ...; a sub-directory for "folder").
+      global_batch_size: batch over all processes; divisible by jax.device_count().
+      train: True: shuffled, augmented, repeated forever, ``steps_per_epoch`` batches per
+        epoch. False: one pass over the whole split, the last batch padded (``mask`` False).
+      image_size: output height and width.
+      augment: train preset, "cifar" | "resnet_paper" | "inception" | "none".
+      eval_view: eval only, "center" | "ten_crop" | "multi_scale".
+      data_dir: tfds data_dir, or the image-folder root for "folder".
+      seed: shuffling and augmentation seed; equal seeds give identical batches.
+      start_step: the first batch yielded is batch ``start_step`` of the uninterrupted stream
+        (train: of the infinite stream; eval: skips that many batches).
+      dtype: "float32" or "bfloat16" for ``image``.
+      **options: see ``Options``.
+    """
+    try:
+        opts = Options(**options)
+    except TypeError:
+        valid = sorted(f.name for f in dataclasses.fields(Options))
+        unknown = sorted(set(options) - set(valid))
+        raise TypeError(f"unknown option(s) {unknown}; valid options: {valid}") from None
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {dtype!r}")
+    if image_size < 1:
+        raise ValueError(f"image_size must be positive, not {image_size}")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, not {start_step}")
+    pidx, pcount, ndev = _jax_topology(opts)
+    if not 0 <= pidx < pcount:
+        raise ValueError(f"process_index {pidx} not in [0, {pcount})")
+    if global_batch_size <= 0 or global_batch_size % ndev:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of the number "
+            f"of devices ({ndev}) so every device gets the same share of each batch"
+        )
+    if global_batch_size % pcount:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} not divisible by process_count {pcount}"
+        )
+    local_batch = global_batch_size // pcount
+
+    source = open_source(name, split, data_dir, opts)
+    normalize = _normalizer(name, data_dir, image_size, split, opts)
+    out_dtype = tf.bfloat16 if dtype == "bfloat16" else tf.float32
+    n = len(source) if isinstance(source, IndexSource) else source.num_examples
+
+    if isinstance(source, IndexSource):
+        lookup = source.lookup_fn()
+        labels = tf.constant(source.labels, tf.int32)
+
+        def load(ex):
+            return dict(ex, encoded=lookup(ex["index"]), label=tf.gather(labels, ex["index"]))
+    else:
+
+        def load(ex):
+            return ex
+
+    if train:
+        steps = n // global_batch_size
+        if steps == 0:
+            raise ValueError(
+                f"{name}/{split} has {n} examples, fewer than global_batch_size "
+                f"{global_batch_size}: not one full training batch"
+            )
+        transform = _train_transform(augment, image_size, opts)
+        view_sizes = (image_size,)
+        first_epoch, skip_batches = divmod(start_step, steps)
+        if isinstance(source, IndexSource):
+            positions = np.arange(steps * global_batch_size).reshape(steps, pcount, local_batch)
+            my_positions = tf.constant(positions[:, pidx, :].reshape(-1), tf.int64)
+
+            def epoch_examples(epoch):
+                keys = tf.random.stateless_uniform([n], _epoch_seed(seed, epoch))
+                perm = tf.argsort(keys, stable=True)
+                return tf.data.Dataset.from_tensor_slices(
+                    {
+                        "index": tf.cast(tf.gather(perm, my_positions), tf.int64),
+                        "position": my_positions,
+                        "epoch": tf.fill(tf.shape(my_positions), epoch),
+                    }
+                )
+        else:
+            start, end = source.shard_bounds(pidx, pcount)
+            per_epoch = steps * local_batch  # <= end - start since n // P >= steps * L
+            stored = tf.data.Dataset.zip(
+                tf.data.Dataset.range(start, end), source.read(start, end)
+            ).map(lambda i, ex: dict(ex, index=i))
+            buffer = max(1, min(opts.shuffle_buffer, end - start))
+
+            def epoch_examples(epoch):
+                shuffle_seed = _epoch_seed(seed, epoch)[0]
+                ds = stored.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+                return (
+                    ds.take(per_epoch)
+                    .enumerate()
+                    .map(lambda i, ex: dict(ex, position=pidx * per_epoch + i, epoch=epoch))
+                )
+
+        ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch_examples)
+        # Skipping before the map: no decoding for the skipped part of the first epoch.
+        ds = ds.skip(skip_batches * local_batch)
+
+        def train_map(ex):
+            ex = load(ex)
+            out = transform(ex["encoded"], _example_seed(seed, ex["epoch"], ex["position"]))
+            out.update(label=ex["label"], mask=tf.constant(True))
+            if opts.with_index:
+                out["index"] = ex["index"]
+            return out
+
+        ds = ds.map(train_map, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
+        ds = ds.batch(local_batch, drop_remainder=True)
+        finish = _finish(normalize, out_dtype, opts.cifar_pad if augment == "cifar" else None)
+    else:
+        transform, view_sizes = _eval_transform(eval_view, image_size, opts)
+        if isinstance(source, IndexSource):
+            steps = math.ceil(n / global_batch_size)
+            positions = np.arange(steps * global_batch_size).reshape(steps, pcount, local_batch)
+            mine = positions[:, pidx, :].reshape(-1)
+            # Only the last global batch runs past the split; its padding ends this process's
+            # slice, so real examples come first and padding last.
+            real = mine[mine < n]
+            ds = tf.data.Dataset.from_tensor_slices({"index": tf.constant(real, tf.int64)})
+            num_pad = len(mine) - len(real)
+        else:
+            start, end = source.shard_bounds(pidx, pcount)
+            steps = math.ceil(math.ceil(n / pcount) / local_batch)
+            ds = tf.data.Dataset.zip(
+                tf.data.Dataset.range(start, end), source.read(start, end)
+            ).map(lambda i, ex: dict(ex, index=i))
+            num_pad = steps * local_batch - (end - start)
+
+        def eval_map(ex):
+            ex = load(ex)
+            out = {
+                "image": transform(ex["encoded"]),
+                "label": ex["label"],
+                "mask": tf.constant(True),
+            }
+            if opts.with_index:
+                out["index"] = ex["index"]
+            return out
+
+        ds = ds.map(eval_map, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
+        if num_pad:
+            ds = ds.concatenate(_padding_like(ds, num_pad))
+        ds = ds.batch(local_batch, drop_remainder=True)
+        if start_step:
+            ds = ds.skip(start_step)
+        finish = _finish(normalize, out_dtype, None)
+
+    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
+    tf_opts = tf.data.Options()
+    tf_opts.deterministic = True
+    tf_opts.autotune.enabled = True
+    tf_opts.experimental_optimization.map_parallelization = True
+    if opts.threads:
+        tf_opts.threading.private_threadpool_size = opts.threads
+    ds = ds.with_options(tf_opts)
+    return Dataset(
+        ds,
+        source=source,
+        num_examples=n,
+        steps_per_epoch=steps,
+        global_batch_size=global_batch_size,
+        local_batch_size=local_batch,
+        view_sizes=view_sizes,
+    )

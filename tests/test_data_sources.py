@@ -1,0 +1,258 @@
+"""Sources: image folders (real CIFAR-10 JPEGs), digits, tfds builders (mock_data), bad input."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from resnet_jax import data
+from resnet_jax.data import sources, testing
+
+CIFAR_CLASSES = [
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+]  # fmt: skip
+needs_shared = pytest.mark.skipif(
+    not testing.SHARED_DATASETS.is_dir(),
+    reason=f"real-data directory {testing.SHARED_DATASETS} does not exist",
+)
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory):
+    if not testing.SHARED_DATASETS.is_dir():
+        pytest.skip(f"real-data directory {testing.SHARED_DATASETS} does not exist")
+    return testing.extract_subset(
+        testing.CIFAR10_ARCHIVE, tmp_path_factory.mktemp("cifar"), per_class=20
+    )
+
+
+def _eval(name, split, **kw):
+    kw.setdefault("global_batch_size", 16)
+    kw.setdefault("image_size", 32)
+    return data.create_dataset(name, split, train=False, **kw)
+
+
+def _save(path, img: Image.Image, fmt: str, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt, **kw)
+
+
+@needs_shared
+def test_folder_real_cifar_classes_labels_and_pixels(cifar_root):
+    ds = _eval("folder", "test", data_dir=str(cifar_root), normalization="none", with_index=True)
+    assert ds.class_names == CIFAR_CLASSES and ds.num_classes == 10
+    assert ds.num_examples == 200
+    seen = 0
+    for batch in ds:
+        for img, label, idx, m in zip(
+            batch["image"], batch["label"], batch["index"], batch["mask"], strict=True
+        ):
+            if not m:
+                continue
+            seen += 1
+            # The label is the index of the parent folder in the sorted class list.
+            assert f"/{ds.class_names[label]}/" in ds.source.describe(idx)
+            if idx % 37 == 0:  # spot-check decoded pixels against PIL
+                assert ds.source.encoded is not None  # small split: held in memory
+                encoded = ds.source.encoded[idx]
+                ref = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"), np.float32)
+                assert img.shape == (32, 32, 3)
+                assert np.abs(img * 255 - ref).mean() < 3.0  # JPEG decoders differ by ~1 level
+    assert seen == 200
+    labels = np.concatenate([b["label"][b["mask"]] for b in ds])
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), [20] * 10)
+
+
+@needs_shared
+def test_folder_uncached_reads_files_and_keeps_paths(cifar_root):
+    ds = _eval("folder", "train", data_dir=str(cifar_root), cache=False, with_index=True)
+    assert ds.source.encoded is None and len(ds.source.paths) == 200
+    batch = next(iter(ds))
+    for label, idx in zip(batch["label"], batch["index"], strict=True):
+        assert f"/{ds.class_names[label]}/" in ds.source.paths[idx]
+
+
+def test_digits_split_is_deterministic_stratified_and_complete():
+    train, test = data.digits_split_indices("train"), data.digits_split_indices("test")
+    assert len(train) + len(test) == 1797 and not set(train) & set(test)
+    np.testing.assert_array_equal(train, data.digits_split_indices("train"))
+    from sklearn.datasets import load_digits
+
+    y = load_digits().target
+    frac = np.bincount(y[test], minlength=10) / np.bincount(y, minlength=10)
+    assert np.all(np.abs(frac - 0.2) < 0.01)
+    with pytest.raises(data.DataError, match="digits"):
+        data.digits_split_indices("validation")
+
+
+def test_digits_three_channels_upscaled_through_pipeline():
+    from sklearn.datasets import load_digits
+
+    ds = _eval("digits", "test", normalization="none", with_index=True, image_size=32)
+    assert ds.num_examples == 359 and ds.class_names == [str(i) for i in range(10)]
+    batch = next(iter(ds))
+    img = batch["image"]
+    assert img.shape == (16, 32, 32, 3)
+    np.testing.assert_array_equal(img[..., 0], img[..., 2])  # grey -> RGB
+    original = load_digits().images[data.digits_split_indices("test")[batch["index"][0]]] / 16
+    down = img[0, ..., 0].reshape(8, 4, 8, 4).mean(axis=(1, 3))  # undo the 4x upscale
+    assert np.corrcoef(down.ravel(), original.ravel())[0, 1] > 0.95
+    np.testing.assert_array_equal(
+        batch["label"], load_digits().target[data.digits_split_indices("test")[batch["index"]]]
+    )
+
+
+@pytest.mark.parametrize(
+    "name,num_classes", [("cifar10", 10), ("cifar100", 100), ("imagenet2012", 1000),
+                         ("imagenette", 10)]
+)  # fmt: skip
+@pytest.mark.parametrize("cache", [True, False])
+def test_tfds_names_with_mock_data(tmp_path, name, num_classes, cache):
+    splits = {"train": 24, "validation" if name.startswith("imagen") else "test": 16}
+    testing.write_tfds_metadata(tmp_path, name, splits)
+    eval_split = list(splits)[1]
+    with tfds.testing.mock_data(
+        policy=tfds.testing.MockPolicy.USE_FILES,
+        data_dir=str(tmp_path),
+        as_dataset_fn=testing.sliceable_fake_as_dataset,
+    ):
+        train = data.create_dataset(
+            name, "train", global_batch_size=8, train=True, image_size=32,
+            augment="inception", cache=cache,
+        )  # fmt: skip
+        assert (train.num_classes, train.num_examples, train.steps_per_epoch) == (
+            num_classes, 24, 3,
+        )  # fmt: skip
+        batch = next(iter(train))
+        assert batch["image"].shape == (8, 32, 32, 3) and np.isfinite(batch["image"]).all()
+        assert batch["label"].dtype == np.int32 and batch["mask"].all()
+        evald = data.create_dataset(
+            name, eval_split, global_batch_size=8, train=False, image_size=32, cache=cache
+        )
+        masks = [b["mask"] for b in evald]
+        assert len(masks) == evald.steps_per_epoch == 2 and sum(m.sum() for m in masks) == 16
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(data.DataError, match="unknown dataset 'no_such_dataset'"):
+        _eval("no_such_dataset", "train")
+
+
+def test_missing_tfds_split(tmp_path):
+    testing.write_tfds_metadata(tmp_path, "cifar10", {"train": 8, "test": 8})
+    with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(tmp_path)):
+        with pytest.raises(data.DataError, match=r"no split 'validation'.*\['test', 'train'\]"):
+            _eval("cifar10", "validation")
+
+
+def test_unprepared_tfds_dataset_and_missing_imagenet_manual_download(tmp_path):
+    with pytest.raises(data.DataError, match="manual download.*ILSVRC2012_img_train.tar"):
+        _eval("imagenet2012", "train", data_dir=str(tmp_path))
+    with pytest.raises(data.DataError, match="manual download missing.*ILSVRC2012_img_val.tar"):
+        _eval("imagenet2012", "train", data_dir=str(tmp_path), download=True)
+    with pytest.raises(data.DataError, match="not prepared"):
+        _eval("cifar10", "train", data_dir=str(tmp_path))
+
+
+def _tiny_folder(root, n=3, size=(12, 10)):
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        for i in range(n):
+            pixels = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+            _save(root / "train" / cls / f"{i}.jpg", Image.fromarray(pixels), "JPEG")
+    return root
+
+
+def test_folder_missing_root_split_and_empty_class(tmp_path):
+    with pytest.raises(data.DataError, match="does not exist"):
+        _eval("folder", "train", data_dir=str(tmp_path / "nope"))
+    with pytest.raises(data.DataError, match="data_dir"):
+        _eval("folder", "train")
+    root = _tiny_folder(tmp_path)
+    with pytest.raises(data.DataError, match=r"split 'val' not found.*\['train'\]"):
+        _eval("folder", "val", data_dir=str(root))
+    (root / "train" / "empty").mkdir()
+    with pytest.raises(data.DataError, match="empty.*contains no image files"):
+        _eval("folder", "train", data_dir=str(root))
+
+
+def test_non_image_file_error_names_it_or_is_skipped_and_counted(tmp_path):
+    root = _tiny_folder(tmp_path)
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    (root / "train" / "b" / "fake.jpg").write_bytes(b"<html>404</html>")
+    (root / "train" / "b" / ".DS_Store").write_bytes(b"\0\0")  # hidden: ignored silently
+    with pytest.raises(data.CorruptImageError, match=r"2 file\(s\).*notes.txt.*fake.jpg"):
+        _eval("folder", "train", data_dir=str(root))
+    ds = _eval("folder", "train", data_dir=str(root), skip_corrupt=True)
+    assert ds.num_examples == 6
+    assert [p.rsplit("/", 1)[1] for p in ds.skipped_files] == ["notes.txt", "fake.jpg"]
+    assert sum(b["mask"].sum() for b in ds) == 6
+
+
+def test_truncated_jpeg_error_names_file_or_is_skipped(tmp_path):
+    root = _tiny_folder(tmp_path, size=(40, 40))
+    good = (root / "train" / "a" / "0.jpg").read_bytes()
+    (root / "train" / "a" / "zz_truncated.jpg").write_bytes(good[: len(good) // 2])
+    ds = _eval("folder", "train", data_dir=str(root))
+    with pytest.raises(data.CorruptImageError, match="zz_truncated.jpg"):
+        list(ds)
+    ds = _eval("folder", "train", data_dir=str(root), skip_corrupt=True)
+    assert ds.num_examples == 6 and ds.skipped_files[0].endswith("zz_truncated.jpg")
+    assert data.find_corrupt_images(root, "train")[0].endswith("zz_truncated.jpg")
+
+
+def test_grayscale_cmyk_alpha_and_small_images(tmp_path):
+    rng = np.random.default_rng(1)
+    rgb = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    smooth = Image.fromarray(
+        np.broadcast_to(np.linspace(0, 255, 64, dtype=np.uint8), (48, 64))[..., None]
+        .repeat(3, -1) // np.array([1, 2, 3], np.uint8)
+    )
+    rgba = np.concatenate([np.asarray(rgb), np.full((48, 64, 1), 7, np.uint8)], -1)
+    d = tmp_path / "train"
+    _save(d / "gray" / "g.jpg", rgb.convert("L"), "JPEG")
+    _save(d / "cmyk" / "c.jpg", smooth.convert("CMYK"), "JPEG", quality=95)
+    _save(d / "alpha" / "a.png", Image.fromarray(rgba, "RGBA"), "PNG")
+    _save(d / "small" / "s.png", rgb.resize((5, 7)), "PNG")  # smaller than every crop
+    kw = dict(data_dir=str(tmp_path), normalization="none", with_index=True)
+    ds = _eval("folder", "train", global_batch_size=8, image_size=48, crop_fraction=1.0, **kw)
+    batch = next(iter(ds))
+    by_class = {ds.class_names[lab]: img for lab, img, m in
+                zip(batch["label"], batch["image"], batch["mask"], strict=True) if m}  # fmt: skip
+    assert set(by_class) == {"gray", "cmyk", "alpha", "small"}
+    g = by_class["gray"]
+    np.testing.assert_allclose(g[..., 0], g[..., 1], atol=1e-6)
+    # CMYK is converted to RGB: the smooth colour ramp survives within JPEG error.
+    ref = np.asarray(smooth.crop((8, 0, 56, 48)), np.float32) / 255
+    assert np.abs(by_class["cmyk"] - ref).mean() < 0.03
+    # PNG alpha is dropped, RGB kept exactly (48x64 -> centre 48x48, no resampling).
+    np.testing.assert_allclose(by_class["alpha"] * 255, np.asarray(rgb)[:, 8:56], atol=1e-3)
+    for augment in ("cifar", "resnet_paper", "inception"):
+        train = data.create_dataset(
+            "folder", "train", global_batch_size=4, train=True, image_size=48,
+            augment=augment, data_dir=str(tmp_path), device_count=4,
+        )  # fmt: skip
+        ds_batch = next(iter(train))
+        assert ds_batch["image"].shape == (4, 48, 48, 3) and np.isfinite(ds_batch["image"]).all()
+    for view in ("ten_crop", "multi_scale"):
+        out = next(iter(_eval("folder", "train", image_size=48, eval_view=view, **kw)))["image"]
+        assert all(np.isfinite(x).all() for x in (out if view == "multi_scale" else [out]))
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="multiple of the number of devices"):
+        _eval("digits", "test", global_batch_size=12)  # 8 devices in tests
+    with pytest.raises(TypeError, match="unknown option.*'colour_jiter'"):
+        _eval("digits", "test", colour_jiter=0.4)
+    with pytest.raises(ValueError, match="augment must be one of"):
+        data.create_dataset("digits", "train", global_batch_size=8, train=True, image_size=8,
+                            augment="autoaugment")  # fmt: skip
+    with pytest.raises(ValueError, match="eval_view"):
+        _eval("digits", "test", eval_view="five_crop")
+    with pytest.raises(ValueError, match="dtype"):
+        _eval("digits", "test", dtype="float16")
+    with pytest.raises(ValueError, match="fewer than global_batch_size"):
+        data.create_dataset("digits", "test", global_batch_size=512, train=True, image_size=8)
+    assert sources.DIGITS == "digits"
