@@ -77,3 +77,16 @@ def test_bad_state_dicts_are_named_and_nothing_is_returned():
     with pytest.raises(ValueError, match=r"missing keys: layer1.0.bn3.bias.*mis-shaped keys: "
                                          r"fc.weight \(10, 512\) \(expected \(10, 2048\)\)"):
         resnet_jax.from_torchvision("resnet50", state)
+
+
+def test_scanned_layout_converts_both_ways():
+    net, variables, model = _pair("resnet18", seed=5)
+    scanned = resnet_jax.from_torchvision("resnet18", net.state_dict(), scan_units=True)
+    assert "blocks" in scanned["params"]["layer1"]
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+    scan_model = resnet_jax.create_model("resnet18", num_classes=10, scan_units=True)
+    np.testing.assert_allclose(scan_model.apply(scanned, x, train=False),
+                               model.apply(variables, x, train=False), atol=1e-5)
+    back = resnet_jax.to_torchvision("resnet18", scanned)
+    for key, value in net.state_dict().items():
+        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)

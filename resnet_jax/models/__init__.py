@@ -4,9 +4,9 @@ from resnet_jax.models.analysis import (
     abstract_variables,
     count_macs,
     count_params,
-    init_variables,
 )
 from resnet_jax.models.blocks import ResidualUnit
+from resnet_jax.models.layout import scan_layout, unscan_layout
 from resnet_jax.models.registry import *  # noqa: F403  (every named network, e.g. ResNet50)
 from resnet_jax.models.registry import __all__ as _registered
 from resnet_jax.models.resnet import ResNet, Stage
@@ -14,5 +14,5 @@ from resnet_jax.models.torchvision import from_torchvision, to_torchvision
 
 __all__ = [
     "ResNet", "ResidualUnit", "Stage", "abstract_variables", "count_macs", "count_params",
-    "init_variables",     "from_torchvision", "to_torchvision", *_registered,
+    "from_torchvision", "to_torchvision", "scan_layout", "unscan_layout", *_registered,
 ]

@@ -81,10 +81,3 @@ def count_macs(model: nn.Module, input_shape: Sequence[int], train: bool = False
     closed = jax.make_jaxpr(forward)(variables, x)
     return _macs_of_jaxpr(closed.jaxpr)
 
-
-def init_variables(model: nn.Module, rng: jax.Array, input_shape: Sequence[int],
-                   dtype: Any = jnp.float32) -> Any:
-    """``model.init`` compiled as one program: seconds instead of one compilation per parameter
-    (an un-jitted init of ResNet-20 spends ~20 s compiling tiny random-number kernels)."""
-    x = jnp.zeros(tuple(input_shape), dtype)
-    return jax.jit(lambda key: model.init(key, x, train=False))(rng)

@@ -156,8 +156,13 @@ class ResidualUnit(nn.Module):
         return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, train: bool, drop_path_rate: jax.Array | None = None
+    ) -> jax.Array:
+        """``drop_path_rate``, when given, overrides the attribute (a traced per-unit rate, so
+        that identical units can be scanned)."""
         self._check()
+        drop_rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
         order = self.order
         preact_order = order in PREACT_ORDERS
         convs = self._branch_convs()
@@ -198,8 +203,8 @@ class ResidualUnit(nn.Module):
                 y = nn.relu(y)
 
         if shortcut is not None:
-            if self.drop_path_rate > 0 and train:
-                y = drop_path(y, self.drop_path_rate, self.make_rng("dropout"))
+            if train and (drop_path_rate is not None or self.drop_path_rate > 0):
+                y = drop_path(y, drop_rate, self.make_rng("dropout"))
             y = y + shortcut
         if order == "bn_after_add":
             y = self._norm(train, name=f"bn{last + 1}")(y)

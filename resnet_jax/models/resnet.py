@@ -29,8 +29,28 @@ def _fc_bias_init(fan_in: int) -> nn.initializers.Initializer:
     return init
 
 
+class _ScanBody(nn.Module):
+    """One unit as a scan body: carry x, consume this unit's drop-path rate."""
+
+    unit: functools.partial
+    features: int
+    train: bool
+    drop_path: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array, rate: jax.Array) -> tuple[jax.Array, None]:
+        unit = self.unit(features=self.features, name="unit")
+        return unit(x, self.train, rate if self.drop_path else None), None
+
+
 class Stage(nn.Module):
-    """A stage: ``num_units`` residual units of one width; the first one may change the shape."""
+    """A stage: ``num_units`` residual units of one width; the first one may change the shape.
+
+    With ``scan_units`` the identical units 1..n-1 run as one ``nn.scan`` (parameters stacked
+    under ``blocks/unit`` with a leading axis of n-1): the compiled program no longer grows with
+    depth. With ``remat`` each unit's activations are recomputed in the backward pass instead of
+    stored. Neither changes the numbers the stage computes.
+    """
 
     unit: functools.partial  # ResidualUnit with the network-wide options bound
     num_units: int
@@ -38,17 +58,32 @@ class Stage(nn.Module):
     strides: int
     first_preact: str
     drop_path_rates: Sequence[float]
+    scan_units: bool = False
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        for i in range(self.num_units):
-            x = self.unit(
+        # static_argnums counts the module itself as argument 0: (x=1, train=2).
+        unit = nn.remat(self.unit.func, static_argnums=(2,)) if self.remat else self.unit.func
+        unit = functools.partial(unit, **self.unit.keywords)
+        scanned = self.scan_units and self.num_units > 1
+        for i in range(1 if scanned else self.num_units):
+            x = unit(
                 features=self.features,
                 strides=self.strides if i == 0 else 1,
                 preact=self.first_preact if i == 0 else "residual",
                 drop_path_rate=self.drop_path_rates[i],
                 name=f"block{i}",
             )(x, train)
+        if scanned:
+            body = nn.remat(_ScanBody) if self.remat else _ScanBody
+            scan = nn.scan(
+                body, variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+                split_rngs={"params": True, "dropout": True}, length=self.num_units - 1,
+            )
+            rates = jnp.asarray(self.drop_path_rates[1:], jnp.float32)
+            x, _ = scan(self.unit, self.features, train, max(self.drop_path_rates) > 0,
+                        name="blocks")(x, rates)
         return x
 
 
@@ -74,6 +109,11 @@ class ResNet(nn.Module):
       block_dropout_rate: dropout inside each residual branch (Wide ResNet).
       dropout_rate: dropout before the classifier.
       in_channels: channels of the input images.
+      scan_units: run each stage's identical units (all but the first) as one ``nn.scan``:
+        compile time and program size stop growing with depth (ResNet-1202 compiles in seconds).
+        Parameters of those units are stacked; ``resnet_jax.models.layout`` converts.
+      remat: recompute each unit's activations in the backward pass (``nn.remat``): activation
+        memory of a train step no longer grows with depth, at ~1/3 more compute.
 
     Call as ``model.apply(variables, images, train=...)``, images of shape (N, H, W, in_channels).
     Logits are float32. ``return_features=True`` returns a dict with the stem, every stage's
@@ -100,6 +140,8 @@ class ResNet(nn.Module):
     block_dropout_rate: float = 0.0
     dropout_rate: float = 0.0
     in_channels: int = 3
+    scan_units: bool = False
+    remat: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     dtype: Dtype = jnp.float32
@@ -181,7 +223,8 @@ class ResNet(nn.Module):
                 unit=unit, num_units=num_units, features=width * self.width_multiplier,
                 strides=1 if s == 0 else 2,
                 first_preact=first_preact if preact_order else "residual",
-                drop_path_rates=tuple(rates), name=f"layer{s + 1}",
+                drop_path_rates=tuple(rates), scan_units=self.scan_units, remat=self.remat,
+                name=f"layer{s + 1}",
             )(x, train)
             done += num_units
             features[f"stage{s + 1}"] = x

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.models.analysis import abstract_variables
+from resnet_jax.models.layout import is_scanned, scan_layout, unscan_layout
 from resnet_jax.models.registry import create_model
 
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias",
@@ -101,8 +102,9 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], **options: Any) -
     ``num_classes`` is taken from ``fc.weight`` unless given; other ``options`` are passed to
     ``create_model``. Every key must match in name and shape (``num_batches_tracked`` is ignored):
     a missing, unexpected or mis-shaped key raises a ``ValueError`` naming it, and nothing
-    half-converted is returned.
+    half-converted is returned. With ``scan_units=True`` the result has the scanned layout.
     """
+    scanned = options.pop("scan_units", False)
     if "num_classes" not in options and "fc.weight" in state_dict:
         options["num_classes"] = int(np.shape(state_dict["fc.weight"])[0])
     expected = _expected(name, options)
@@ -130,7 +132,8 @@ def from_torchvision(name: str, state_dict: Mapping[str, Any], **options: Any) -
             f"state_dict does not match model {name!r} with options {options}: "
             + "; ".join(problems)
         )
-    return _unflatten(flat)
+    variables = _unflatten(flat)
+    return scan_layout(variables) if scanned else variables
 
 
 def to_torchvision(
@@ -140,7 +143,11 @@ def to_torchvision(
 
     Load it into PyTorch with
     ``net.load_state_dict({k: torch.from_numpy(v) for k, v in state_dict.items()})``.
+    Variables in the ``scan_units=True`` layout are accepted as they are.
     """
+    options.pop("scan_units", None)
+    if is_scanned(variables):
+        variables = unscan_layout(variables)
     params = variables["params"]
     if "num_classes" not in options and "fc" in params:
         options["num_classes"] = int(np.shape(params["fc"]["bias"])[0])
