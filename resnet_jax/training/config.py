@@ -1,0 +1,278 @@
+"""Training configuration: defaults, loading a config file, ``--config.key=value`` overrides.
+
+Config files follow the Flax-examples / big_vision convention: a Python file with
+``get_config() -> ml_collections.ConfigDict`` whose docstring holds the exact command, the
+hardware and the expected result. Every config starts from :func:`default_config`, so every
+key exists and has a type; an override of an unknown key or with a value of the wrong type is a
+:class:`ConfigError` that names the key (and the closest known keys), never a silent no-op.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+# Keys whose values are forwarded verbatim to another API, so new sub-keys may be added by an
+# override (e.g. --config.model_kwargs.drop_path_rate=0.1).
+FREE_FORM_KEYS = ("model_kwargs", "dataset_options")
+
+# Keys that may change between a run and its resumption without changing what is computed
+# (bookkeeping); any other difference, the length included (it shapes the schedule), is an
+# error on resume.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "log_every_steps",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "keep_best",
+        "async_checkpointing",
+        "progress_bar",
+        "eval_every_epochs",
+        "eval_batch_size",
+        "data_dir",
+        "parallel",
+    }
+)
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "schedule": ("cosine", "step", "constant"),
+    "schedule_unit": ("epochs", "steps"),
+    "warmup": ("none", "linear", "constant"),
+    "precision": ("auto", "float32", "bfloat16", "float16"),
+    "parallel": ("shard_map", "pmap"),
+    "augment": ("none", "cifar", "resnet_paper", "inception"),
+    "eval_view": ("center", "ten_crop", "multi_scale"),
+    "progress_bar": ("auto", "on", "off"),
+}
+
+
+class ConfigError(ValueError):
+    """A config file, override or value is invalid."""
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """All training options with their defaults (ResNet-50 v1.5 on ImageNet, batch 256)."""
+    c = ml_collections.ConfigDict()
+    # Model: any name from resnet_jax.list_models(); model_kwargs go to create_model.
+    c.model = "resnet50"
+    c.model_kwargs = ml_collections.ConfigDict()
+    # Data: see resnet_jax.data.create_dataset.
+    c.dataset = "imagenet2012"
+    c.data_dir = ""  # "" -> the dataset's default location
+    c.train_split = "train"
+    c.eval_split = "validation"
+    c.image_size = 224
+    c.augment = "resnet_paper"
+    c.eval_view = "center"
+    c.dataset_options = ml_collections.ConfigDict()
+    c.global_batch_size = 256
+    c.eval_batch_size = 0  # 0 -> global_batch_size
+    # Length: num_train_steps > 0 wins over num_epochs.
+    c.num_epochs = 90.0
+    c.num_train_steps = -1
+    # Optimizer (He et al. 2015, Sec. 3.4): SGD, momentum 0.9, weight decay 1e-4.
+    c.learning_rate = 0.1
+    c.lr_scale_with_batch = True  # lr = learning_rate * global_batch_size / 256 (Goyal et al. 2017)
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 1e-4
+    c.wd_exclude_bn_and_bias = False
+    c.label_smoothing = 0.0
+    c.grad_clip_norm = 0.0  # 0 -> no clipping
+    # Learning-rate schedule. lr_boundaries and warmup_length are in schedule_unit.
+    c.schedule = "cosine"
+    c.schedule_unit = "epochs"
+    c.lr_boundaries = (30.0, 60.0)
+    c.lr_decay_factor = 0.1
+    c.warmup = "linear"  # linear: 0 -> lr; constant: warmup_lr, then lr (He et al. 2015, Sec. 4.2)
+    c.warmup_length = 5.0
+    c.warmup_lr = 0.01
+    # Numerics and parallelism.
+    c.precision = "auto"  # auto: bfloat16 on TPU/GPU, float32 on CPU
+    c.loss_scale_init = 2.0**15  # float16 only: dynamic loss scaling
+    c.loss_scale_period = 2000
+    c.parallel = "shard_map"
+    c.sync_bn = True  # BN statistics over the global batch; False: per device
+    c.seed = 0
+    # Bookkeeping.
+    c.log_every_steps = 100
+    c.eval_every_epochs = 1.0  # 0 -> evaluate only at the end
+    c.checkpoint_every_steps = 1000
+    c.keep_checkpoints = 3
+    c.keep_best = True  # also keep the checkpoint with the best eval top-1
+    c.async_checkpointing = True
+    c.progress_bar = "auto"  # auto: a bar on a terminal, log lines otherwise
+    return c
+
+
+def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """Loads ``get_config()`` from a Python file and applies ``key=value`` overrides.
+
+    ``path`` may end in ``:arg`` (e.g. ``configs/resnet50.py:paper2015``), which calls
+    ``get_config(arg)``, as ml_collections' config flags do. Overrides may be given as
+    ``--config.a.b=v``, ``config.a.b=v`` or ``a.b=v``.
+    """
+    arg = None
+    if not os.path.isfile(path) and ":" in path:
+        path, arg = path.rsplit(":", 1)
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    spec = importlib.util.spec_from_file_location("_resnet_jax_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"{path} defines no get_config()")
+    try:
+        config = module.get_config() if arg is None else module.get_config(arg)
+    except (TypeError, ValueError) as e:
+        shown = "" if arg is None else repr(arg)
+        raise ConfigError(f"{path}: get_config({shown}) failed: {e}") from None
+    unknown = _unknown_keys(config, default_config())
+    if unknown:
+        raise ConfigError(f"{path} sets unknown config keys: {', '.join(unknown)}")
+    for item in overrides:
+        apply_override(config, item)
+    validate(config)
+    return config
+
+
+def _unknown_keys(config: ml_collections.ConfigDict, ref: ml_collections.ConfigDict) -> list[str]:
+    return [k for k in config.keys() if k not in ref]
+
+
+def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
+    """Applies one ``[--][config.]key=value`` override in place, checking key and type."""
+    s = item[2:] if item.startswith("--") else item
+    s = s[len("config.") :] if s.startswith("config.") else s
+    if "=" not in s:
+        raise ConfigError(f"override {item!r} is not of the form --config.key=value")
+    key, raw = s.split("=", 1)
+    parts = key.split(".")
+    node = config
+    for i, part in enumerate(parts[:-1]):
+        if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+            raise ConfigError(_unknown_message(".".join(parts[: i + 1]), node))
+        node = node[part]
+    leaf = parts[-1]
+    free_form = parts[0] in FREE_FORM_KEYS and len(parts) > 1
+    if leaf not in node:
+        if not free_form:
+            raise ConfigError(_unknown_message(key, node))
+        node[leaf] = _literal(raw)
+        return
+    try:
+        node[leaf] = _coerce(raw, node[leaf], key)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"--config.{key}={raw}: {e}") from None
+
+
+def _unknown_message(key: str, node: ml_collections.ConfigDict) -> str:
+    leaf = key.split(".")[-1]
+    close = difflib.get_close_matches(leaf, list(node.keys()), n=3)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"unknown config key {key!r}.{hint} Known keys: {', '.join(sorted(node.keys()))}"
+
+
+def _literal(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        return raw
+
+
+def _coerce(raw: str, current: Any, key: str) -> Any:
+    """Parses ``raw`` as a value of the type of ``current``; wrong types raise ConfigError."""
+    want = type(current).__name__
+    if isinstance(current, bool):
+        low = raw.strip().lower()
+        if low in ("true", "1", "yes"):
+            return True
+        if low in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key}={raw}: expected a bool (true/false)")
+    if isinstance(current, str):
+        return raw
+    value = _literal(raw)
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"--config.{key}={raw}: expected an int, got {raw!r}")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"--config.{key}={raw}: expected a number, got {raw!r}")
+        return float(value)
+    if isinstance(current, tuple | list):
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = (value,)
+        if not isinstance(value, tuple | list):
+            raise ConfigError(f"--config.{key}={raw}: expected a tuple like (1, 2)")
+        if value and current and not all(isinstance(v, int | float) for v in value):
+            raise ConfigError(f"--config.{key}={raw}: expected a tuple of numbers")
+        return tuple(value)
+    raise ConfigError(f"--config.{key}: values of type {want} cannot be overridden")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks value ranges and choices; raises ConfigError naming the offending key."""
+    ref = default_config()
+    unknown = _unknown_keys(config, ref)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+    for key in ref.keys():
+        if key not in config:
+            raise ConfigError(f"config lacks key {key!r} (start configs from default_config())")
+        got, want = config[key], ref[key]
+        if isinstance(want, float) and isinstance(got, int) and not isinstance(got, bool):
+            continue
+        if isinstance(want, tuple | list) and isinstance(got, tuple | list):
+            continue
+        if type(got) is not type(want):
+            raise ConfigError(
+                f"config.{key} = {got!r} has type {type(got).__name__}, "
+                f"expected {type(want).__name__}"
+            )
+    for key, choices in CHOICES.items():
+        if config[key] not in choices:
+            raise ConfigError(f"config.{key} = {config[key]!r}; choose one of {choices}")
+    positive = ("global_batch_size", "log_every_steps", "checkpoint_every_steps", "image_size")
+    for key in positive:
+        if config[key] <= 0:
+            raise ConfigError(f"config.{key} must be > 0, got {config[key]}")
+    if config.num_train_steps <= 0 and config.num_epochs <= 0:
+        raise ConfigError("set config.num_train_steps > 0 or config.num_epochs > 0")
+    if config.learning_rate < 0 or config.weight_decay < 0 or config.grad_clip_norm < 0:
+        raise ConfigError("learning_rate, weight_decay and grad_clip_norm must be >= 0")
+    if not 0.0 <= config.label_smoothing < 1.0:
+        raise ConfigError(f"config.label_smoothing must be in [0, 1), got {config.label_smoothing}")
+    if not 0.0 <= config.momentum < 1.0:
+        raise ConfigError(f"config.momentum must be in [0, 1), got {config.momentum}")
+    if config.keep_checkpoints < 1:
+        raise ConfigError("config.keep_checkpoints must be >= 1")
+    if config.warmup_length < 0:
+        raise ConfigError("config.warmup_length must be >= 0")
+    if list(config.lr_boundaries) != sorted(config.lr_boundaries):
+        raise ConfigError(f"config.lr_boundaries must increase, got {config.lr_boundaries}")
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """A JSON-serialisable plain dict of the config (tuples become lists)."""
+    return json.loads(config.to_json())
+
+
+def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two config dicts (``RESUMABLE_CHANGES`` ignored)."""
+    keys = (set(saved) | set(current)) - RESUMABLE_CHANGES
+    return {
+        k: (saved.get(k), current.get(k))
+        for k in sorted(keys)
+        if saved.get(k) != current.get(k)
+    }

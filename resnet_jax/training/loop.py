@@ -1,0 +1,365 @@
+"""The training loop: build, (resume,) train, evaluate, checkpoint. Read it top to bottom.
+
+The step runs asynchronously on device; the host only fetches the accumulated metrics every
+``log_every_steps`` steps (and before each checkpoint, so a diverged state is never saved).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax.training import optim
+from resnet_jax.training.config import config_diff, to_dict, validate
+from resnet_jax.training.metrics import MetricWriter, Progress
+from resnet_jax.training.step import (
+    DataParallel,
+    TrainState,
+    create_train_state,
+    make_eval_step,
+    make_train_step,
+)
+
+Hook = Callable[[int, TrainState], None]
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or the gradients became NaN or Inf."""
+
+
+def resolve_precision(precision: str) -> str:
+    """'auto' -> bfloat16 on TPU/GPU (f32 master weights and BN statistics), float32 on CPU."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if jax.default_backend() in ("tpu", "gpu", "cuda", "rocm") else "float32"
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int, precision: str):
+    """The network of ``config.model`` with the compute dtype and BN axis of this run."""
+    import resnet_jax
+
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[precision]
+    return resnet_jax.create_model(
+        config.model,
+        num_classes=num_classes,
+        dtype=dtype,
+        axis_name="batch" if config.sync_bn else None,  # sync BN: statistics of the global batch
+        **config.model_kwargs.to_dict(),
+    )
+
+
+def create_datasets(config: ml_collections.ConfigDict, start_step: int, precision: str):
+    """(train, eval) datasets; the train stream starts at ``start_step`` (data position)."""
+    from resnet_jax import data
+
+    common = dict(
+        image_size=config.image_size,
+        data_dir=config.data_dir or None,
+        seed=config.seed,
+        dtype="bfloat16" if precision == "bfloat16" else "float32",
+        **config.dataset_options.to_dict(),
+    )
+    train_ds = data.create_dataset(
+        config.dataset,
+        config.train_split,
+        global_batch_size=config.global_batch_size,
+        train=True,
+        augment=config.augment,
+        start_step=start_step,
+        **common,
+    )
+    eval_ds = data.create_dataset(
+        config.dataset,
+        config.eval_split,
+        global_batch_size=config.eval_batch_size or config.global_batch_size,
+        train=False,
+        eval_view=config.eval_view,
+        **common,
+    )
+    return train_ds, eval_ds
+
+
+def evaluate(
+    eval_step: Callable, variables: Any, batches: Iterable[dict], dp: DataParallel
+) -> dict[str, float]:
+    """Top-1/top-5 accuracy and loss over every (unpadded) example of ``batches``."""
+    sums = None
+    for batch in batches:
+        out = eval_step(variables, dp.shard_batch(batch))
+        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
+    if sums is None:
+        raise ValueError("the eval split yielded no batches")
+    s = jax.tree.map(lambda x: float(np.asarray(x.addressable_shards[0].data)), sums)
+    n = max(s["count"], 1.0)
+    return {
+        "loss": s["loss_sum"] / n,
+        "top1": s["top1_sum"] / n,
+        "top5": s["top5_sum"] / n,
+        "num_examples": s["count"],
+    }
+
+
+class _Preemption:
+    """SIGTERM (how TPU VMs and clusters preempt) sets a flag; the loop saves and exits."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def check(self, step: int) -> bool:
+        if jax.process_count() > 1:
+            # All hosts agree on the step to save at (JAX's preemption sync manager, SIGTERM).
+            from jax.experimental import multihost_utils
+
+            try:
+                return self.requested or multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:
+                return self.requested
+        return self.requested
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    hooks: Sequence[Hook] = (),
+    stop_after_steps: int = 0,
+    stream=None,
+) -> dict[str, Any]:
+    """Trains ``config`` in ``workdir``, resuming from its latest checkpoint; returns a summary.
+
+    ``hooks`` are called as ``hook(step, state)`` after every step (profiling, tests).
+    ``stop_after_steps`` > 0: save and return at that step (for schedulers with time limits);
+    running again without it continues the same run. SIGTERM does the same at the next step.
+    """
+    t_start = time.time()
+    validate(config)
+    lead = jax.process_index() == 0
+    workdir = os.path.abspath(workdir)
+    precision = resolve_precision(config.precision)
+    cfg = to_dict(config)
+
+    # Resume: the newest complete checkpoint gives the step, and so the data position.
+    ckpt = Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=config.keep_checkpoints,
+        keep_best=config.keep_best,
+        async_save=config.async_checkpointing,
+    )
+    start_step = ckpt.latest_step() or 0
+    if start_step:
+        changed = config_diff(ckpt.read_meta(start_step)["config"], cfg)
+        if changed:
+            raise CheckpointMismatchError(
+                f"{workdir} holds a run with a different config; changed keys "
+                + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+                + ". Use a new --workdir (or restore the old values)."
+            )
+    if lead:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+
+    train_ds, eval_ds = create_datasets(config, start_step, precision)
+    steps_per_epoch = train_ds.steps_per_epoch
+    num_steps = optim.total_steps(config, steps_per_epoch)
+    model = create_model(config, train_ds.num_classes, precision)
+    lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
+    tx = optim.create_optimizer(config, lr_fn)
+
+    dp = DataParallel(config.parallel)
+    if config.global_batch_size % len(dp.devices):
+        raise ValueError(
+            f"global_batch_size {config.global_batch_size} is not divisible by "
+            f"{len(dp.devices)} devices"
+        )
+    fp16 = precision == "float16"
+    init_fn = functools.partial(
+        create_train_state,
+        model,
+        tx,
+        jax.random.PRNGKey(config.seed),
+        (config.image_size, config.image_size, 3),
+        config.loss_scale_init if fp16 else 1.0,
+    )
+    if start_step:
+        state = _restore(ckpt, dp, init_fn, start_step)
+    else:
+        state = dp.init_state(init_fn)
+    meta = {"config": cfg, "model": config.model, "num_classes": train_ds.num_classes}
+
+    train_step = dp.train_step(
+        make_train_step(
+            model,
+            tx,
+            label_smoothing=config.label_smoothing,
+            per_device_bn=not config.sync_bn,
+            dynamic_loss_scale=fp16,
+            loss_scale_period=config.loss_scale_period,
+        )
+    )
+    eval_step = dp.eval_step(make_eval_step(model))
+    eval_every = int(round(config.eval_every_epochs * steps_per_epoch))
+
+    writer = MetricWriter(workdir, enabled=lead)
+    progress = Progress(num_steps, config.progress_bar, enabled=lead, stream=stream)
+    progress.log(
+        f"{config.model} on {config.dataset}: {num_steps} steps ({steps_per_epoch}/epoch), "
+        f"global batch {config.global_batch_size}, {len(dp.devices)} devices "
+        f"({jax.process_count()} processes), {config.parallel}, {precision}"
+        + (f"; resumed from step {start_step}" if start_step else "")
+    )
+
+    metrics = dp.init_metrics()
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    last_saved = start_step
+    t_log, n_since = time.time(), 0
+    images_total, t_train = 0, 0.0
+    step = start_step
+    stopped = None
+
+    def fetch_train_metrics(step: int) -> dict[str, float]:
+        nonlocal metrics, t_log, n_since, images_total, t_train
+        m = dp.unreplicate(metrics)
+        metrics = dp.init_metrics()
+        count = max(float(m["count"]), 1.0)
+        loss = float(m["loss_sum"]) / count
+        if not math.isfinite(loss) or (m["nonfinite"] > 0 and not fp16):
+            kept = ckpt.latest_step()
+            raise TrainingDivergedError(
+                f"loss is {loss} (non-finite gradients in {int(m['nonfinite'])} steps) "
+                f"by step {step}; stopping. The last good checkpoint (step {kept}) is kept in "
+                f"{ckpt.directory}. Lower learning_rate, add warm-up or use float32."
+            )
+        dt = time.time() - t_log
+        images_total += int(count)
+        t_train += dt
+        out = {
+            "epoch": step / steps_per_epoch,
+            "loss": loss,
+            "top1": float(m["top1_sum"]) / count,
+            "lr": float(lr_fn(step - 1)),
+            "images_per_s": count / max(dt, 1e-9),
+        }
+        if fp16:
+            out["loss_scale"] = float(dp.unreplicate(state.loss_scale))
+            out["skipped_steps"] = float(m["nonfinite"])
+        t_log, n_since = time.time(), 0
+        return out
+
+    it = iter(train_ds)
+    with _Preemption() as preemption:
+        while step < num_steps:
+            batch = next(it)
+            state, metrics = train_step(state, metrics, dp.shard_batch(batch))
+            step += 1
+            n_since += 1
+            is_last = step == num_steps
+            stop = preemption.check(step) or step == stop_after_steps
+            do_eval = is_last or (eval_every > 0 and step % eval_every == 0)
+            do_save = do_eval or stop or step % config.checkpoint_every_steps == 0
+            if n_since and (step % config.log_every_steps == 0 or do_save):
+                last_train = fetch_train_metrics(step)
+                writer.write(step, "train", {**last_train, "error": 1 - last_train["top1"]})
+                progress.update(
+                    step,
+                    {
+                        "epoch": last_train["epoch"],
+                        "loss": last_train["loss"],
+                        "acc": last_train["top1"],
+                        "lr": last_train["lr"],
+                        "img/s": last_train["images_per_s"],
+                    },
+                )
+            save_metrics = None
+            if do_eval and not stop:
+                variables = {"params": state.params, "batch_stats": state.batch_stats}
+                last_eval = evaluate(eval_step, variables, eval_ds, dp)
+                writer.write(step, "eval", {**last_eval, "error": 1 - last_eval["top1"]})
+                progress.log(
+                    f"eval step {step}: top1={last_eval['top1']:.4f} "
+                    f"top5={last_eval['top5']:.4f} loss={last_eval['loss']:.4f}"
+                )
+                save_metrics = {"eval_top1": last_eval["top1"]}
+                t_log = time.time()  # images/s counts training time only
+            if do_save:
+                # A host copy (replicated state): orbax writes it from the primary process.
+                ckpt.save(step, dp.unreplicate(state), {**meta, "step": step}, metrics=save_metrics)
+                last_saved = step
+            for hook in hooks:
+                hook(step, state)
+            if stop:
+                stopped = "stop_after_steps" if step == stop_after_steps else "SIGTERM"
+                ckpt.wait()
+                progress.log(f"stopped ({stopped}) at step {step}: checkpoint saved")
+                break
+    progress.close()
+
+    if stopped is None and not last_eval:
+        # Resumed at (or past) the end: evaluate the final state once more for the summary.
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        last_eval = evaluate(eval_step, variables, eval_ds, dp)
+    if last_saved != step and step not in ckpt.all_steps():
+        ckpt.save(step, dp.unreplicate(state), {**meta, "step": step})
+    ckpt.close()
+    writer.close()
+    summary = {
+        "step": step,
+        "epoch": step / steps_per_epoch,
+        "eval_top1": last_eval.get("top1"),
+        "eval_top5": last_eval.get("top5"),
+        "eval_loss": last_eval.get("loss"),
+        "train_loss": last_train.get("loss"),
+        "train_top1": last_train.get("top1"),
+        "images_per_s": images_total / t_train if t_train else None,
+        "wall_s": time.time() - t_start,
+        "stopped": stopped,  # None: finished; "SIGTERM" or "stop_after_steps": resumable
+        "workdir": workdir,
+    }
+    if lead:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return summary
+
+
+def _restore(ckpt: Checkpointer, dp: DataParallel, init_fn: Callable, step: int) -> TrainState:
+    """Restores the state of ``step`` directly into this run's device layout."""
+    abstract = jax.eval_shape(init_fn)
+    if dp.mode == "pmap":
+        device = jax.local_devices()[0]
+        target = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(
+                x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(device)
+            ),
+            abstract,
+        )
+        state, _ = ckpt.restore(target, step)
+        return dp.replicate(jax.device_get(state))
+    state, _ = ckpt.restore(dp.state_shardings(abstract), step)
+    return state

@@ -1,0 +1,119 @@
+"""Config files, --config.key=value overrides and validation (no JAX compilation)."""
+
+import glob
+import os
+
+import pytest
+
+from resnet_jax.training.config import (
+    ConfigError,
+    apply_override,
+    config_diff,
+    default_config,
+    load_config,
+    to_dict,
+    validate,
+)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+
+
+def test_unknown_key_is_a_clear_error_with_suggestion():
+    c = default_config()
+    with pytest.raises(ConfigError, match="unknown config key 'learning_rte'.*learning_rate"):
+        apply_override(c, "--config.learning_rte=0.2")
+    with pytest.raises(ConfigError, match="unknown config key 'nope'"):
+        apply_override(c, "--config.nope.x=1")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("num_train_steps=1.5", "expected an int"),
+        ("num_train_steps=abc", "expected an int"),
+        ("learning_rate=fast", "expected a number"),
+        ("nesterov=maybe", "expected a bool"),
+        ("lr_boundaries=abc", "expected a tuple"),
+    ],
+)
+def test_wrong_type_is_a_clear_error(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_override(default_config(), override)
+
+
+def test_overrides_apply_with_types():
+    c = default_config()
+    for item in (
+        "--config.learning_rate=1",
+        "config.nesterov=true",
+        "lr_boundaries=(10, 20)",
+        "model=resnet20",
+        "model_kwargs.drop_path_rate=0.1",  # free-form: forwarded to create_model
+    ):
+        apply_override(c, item)
+    assert c.learning_rate == 1.0 and isinstance(c.learning_rate, float)
+    assert c.nesterov is True
+    assert tuple(c.lr_boundaries) == (10, 20)
+    assert c.model == "resnet20" and c.model_kwargs.drop_path_rate == 0.1
+    validate(c)
+
+
+def test_validate_rejects_bad_values():
+    c = default_config()
+    c.parallel = "dp"
+    with pytest.raises(ConfigError, match="parallel"):
+        validate(c)
+    c = default_config()
+    c.lr_boundaries = (60.0, 30.0)
+    with pytest.raises(ConfigError, match="lr_boundaries"):
+        validate(c)
+    c = default_config()
+    c.label_smoothing = 1.0
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        validate(c)
+
+
+def test_config_diff_ignores_bookkeeping_only():
+    a = to_dict(default_config())
+    b = dict(a, log_every_steps=7, checkpoint_every_steps=3)
+    assert config_diff(a, b) == {}
+    c = dict(a, learning_rate=0.2, num_train_steps=5)
+    assert set(config_diff(a, c)) == {"learning_rate", "num_train_steps"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_loads_and_documents_itself(path):
+    name = os.path.basename(path)
+    config = load_config(path)
+    text = open(path).read()
+    doc = text.split('"""')[1]
+    assert f"python train.py --config configs/{name}" in doc
+    assert "Expected" in doc and "Hardware" in doc
+    import resnet_jax
+
+    assert config.model in resnet_jax.list_models()
+
+
+def test_config_argument_and_paper_recipe():
+    c = load_config(os.path.join(ROOT, "configs", "resnet50.py:paper2015"))
+    assert (c.model, c.schedule, c.warmup) == ("resnet50_v1", "step", "none")
+    c = load_config(os.path.join(ROOT, "configs", "resnet110.py"))
+    assert (c.warmup, c.warmup_lr, c.warmup_length) == ("constant", 0.01, 400.0)
+    assert tuple(c.lr_boundaries) == (32000, 48000) and c.num_train_steps == 64000
+    assert (c.global_batch_size, c.learning_rate, c.weight_decay, c.momentum) == (
+        128, 0.1, 1e-4, 0.9)
+
+
+def test_train_py_reports_config_errors(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_main", os.path.join(ROOT, "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    qs = os.path.join(ROOT, "configs", "quickstart.py")
+    assert train.main(["--config", qs, "--workdir", "/nonexistent", "--config.nope=1"]) == 2
+    assert "unknown config key 'nope'" in capsys.readouterr().err
+    rc = train.main(["--config", qs, "--workdir", "/x", "--config.num_train_steps", "0.5"])
+    assert rc == 2
+    assert "expected an int" in capsys.readouterr().err

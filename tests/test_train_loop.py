@@ -1,0 +1,257 @@
+"""The training loop end to end on the built-in digits: outputs, resume after SIGKILL and
+SIGTERM with identical parameters, config/model mismatch errors, NaN stop, 2-process training,
+evaluate/predict/plot commands, and the quickstart config (slow).
+
+Parameters of interrupted-and-resumed runs must equal the uninterrupted run's to 1e-5 (only
+the device count, hence the order of cross-device sums, may differ between them).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError, load_numpy
+from resnet_jax.training.config import load_config
+from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
+N = 8
+TINY = [
+    "model_kwargs.stage_sizes=(1, 1, 1)",
+    "model_kwargs.stage_widths=(4, 8, 8)",
+    "model_kwargs.stem_width=4",
+    "image_size=8",
+    "global_batch_size=16",
+    f"num_train_steps={N}",
+    "warmup=none",
+    "log_every_steps=1",
+    "checkpoint_every_steps=2",
+    "keep_checkpoints=10",
+    "eval_every_epochs=0",
+    "progress_bar=off",
+]
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def tiny_config(*extra):
+    return load_config(QUICKSTART, TINY + list(extra))
+
+
+_CACHE = None
+
+
+def _env(devices):
+    """Environment of a subprocess with ``devices`` CPU devices and a shared compile cache."""
+    global _CACHE
+    if _CACHE is None:
+        import tempfile
+
+        _CACHE = tempfile.mkdtemp(prefix="jax-cache-")  # per test session: resumes hit it
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    return env
+
+
+def _assert_same_params(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOL), a["params"], b["params"])
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOL),
+                 a["batch_stats"], b["batch_stats"])
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOL),
+                 a["opt_state"], b["opt_state"])
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """N steps without interruption (8 devices, in process)."""
+    workdir = str(tmp_path_factory.mktemp("straight"))
+    summary = train_and_evaluate(tiny_config(), workdir)
+    state, meta = load_numpy(os.path.join(workdir, "checkpoints"), N)
+    return workdir, summary, state
+
+
+def test_outputs_of_a_run(straight):
+    workdir, summary, state = straight
+    assert summary["step"] == N and summary["stopped"] is None
+    assert 0.0 <= summary["eval_top1"] <= summary["eval_top5"] <= 1.0
+    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    train = [r for r in rows if r["split"] == "train"]
+    assert [r["step"] for r in train] == list(range(1, N + 1))
+    assert {"loss", "top1", "lr", "images_per_s", "epoch", "error"} <= set(train[0])
+    assert [r["step"] for r in rows if r["split"] == "eval"] == [N]
+    assert json.load(open(os.path.join(workdir, "config.json")))["num_train_steps"] == N
+    assert json.load(open(os.path.join(workdir, "summary.json")))["step"] == N
+    # TensorBoard event files hold the same scalars.
+    import tensorflow as tf
+
+    events = tf.io.gfile.glob(os.path.join(workdir, "tensorboard", "train", "events.*"))
+    tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
+    assert {"loss", "top1", "lr"} <= tags
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    assert ckpt.all_steps() == [2, 4, 6, 8] and ckpt.best_step() == N
+    ckpt.close()
+    assert int(state["step"]) == N
+
+
+def test_sigterm_saves_and_exits_then_resume_is_identical(straight, tmp_path):
+    workdir = str(tmp_path)
+
+    def preempt_at_4(step, state):
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a TPU VM / cluster sends
+
+    summary = train_and_evaluate(tiny_config("parallel=pmap"), workdir, hooks=[preempt_at_4])
+    # Noticed at the next step, 5, which is not a regular checkpoint step (every 2).
+    assert summary["stopped"] == "SIGTERM" and summary["step"] == 5
+    assert Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True).latest_step() == 5
+    summary = train_and_evaluate(tiny_config(), workdir)  # shard_map now: same math
+    assert summary["step"] == N and summary["stopped"] is None
+    _assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
+
+
+def test_changed_config_or_model_is_a_clear_error(straight, tmp_path):
+    workdir = straight[0]
+    with pytest.raises(CheckpointMismatchError, match="learning_rate: 0.1 -> 0.2"):
+        train_and_evaluate(tiny_config("learning_rate=0.2"), workdir)
+    # A different network in the same checkpoint directory: named arrays/shapes differ.
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    state, _ = load_numpy(os.path.join(workdir, "checkpoints"), N)
+    wider = jax.tree.map(lambda x: np.zeros(x.shape[:-1] + (x.shape[-1] * 2,), x.dtype)
+                         if x.ndim else x, state)
+    with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
+        ckpt.restore(wider, N)
+    fewer = dict(state, params={k: v for k, v in state["params"].items() if k != "fc"})
+    with pytest.raises(CheckpointMismatchError, match="not in the model"):
+        ckpt.restore(fewer, N)
+    ckpt.close()
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    with pytest.raises(TrainingDivergedError, match="last good checkpoint"):
+        train_and_evaluate(
+            tiny_config("learning_rate=1e30", "checkpoint_every_steps=1"), str(tmp_path)
+        )
+    directory = os.path.join(str(tmp_path), "checkpoints")
+    ckpt = Checkpointer(directory, read_only=True)
+    steps = ckpt.all_steps()
+    ckpt.close()
+    if steps:  # every kept checkpoint is finite
+        state, _ = load_numpy(directory)
+        assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+
+
+KILL_DRIVER = """
+import os, signal, sys
+from resnet_jax.training.config import load_config
+from resnet_jax.training.loop import train_and_evaluate
+config = load_config(sys.argv[1], sys.argv[3:])
+def kill(step, state):
+    if step == 4:  # right after the async save of step 4 was started
+        os.kill(os.getpid(), signal.SIGKILL)
+train_and_evaluate(config, sys.argv[2], hooks=[kill])
+"""
+
+
+def test_sigkill_during_async_save_then_resume_is_identical(straight, tmp_path):
+    workdir = str(tmp_path / "run")
+    cmd = [sys.executable, "-c", KILL_DRIVER, QUICKSTART, workdir, *TINY]
+    proc = subprocess.run(cmd, env=_env(4), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    latest = ckpt.latest_step()
+    ckpt.close()
+    assert latest in (2, 4)  # 4 only if its save completed before the kill; never half-written
+    train = [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
+             "--workdir", workdir] + [f"--config.{o}" for o in TINY]
+    proc = subprocess.run(train, env=_env(4), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"resumed from step {latest}" in proc.stdout
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("final: ")
+    final = json.loads(last[len("final: "):])
+    assert final["step"] == N and {"eval_top1", "eval_top5", "wall_s"} <= set(final)
+    _assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_and_resume(straight, tmp_path):
+    """2 processes x 2 CPU devices (gloo on 127.0.0.1): N/2 steps, stop, resume to N."""
+    workdir = str(tmp_path / "mp")
+    base = [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
+            "--workdir", workdir] + [f"--config.{o}" for o in TINY]
+    for extra in (["--stop_after_steps", str(N // 2)], []):
+        port = _free_port()
+        procs = [
+            subprocess.Popen(
+                base + extra + ["--coordinator_address", f"127.0.0.1:{port}",
+                                "--num_processes", "2", "--process_id", str(i)],
+                env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for i in range(2)
+        ]
+        outs = [p.communicate(timeout=400) for p in procs]
+        for p, (_, err) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, err[-3000:]
+        final = json.loads(outs[0][0].strip().splitlines()[-1][len("final: "):])
+        assert "final: " not in outs[1][0]  # only process 0 reports
+        assert final["step"] == (N // 2 if extra else N)
+    assert "4 devices (2 processes)" in outs[0][0] and "resumed from step 4" in outs[0][0]
+    _assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
+
+
+def test_evaluate_predict_and_plot_commands(straight, tmp_path, capsys):
+    from resnet_jax.training import evaluate, plot, predict
+
+    workdir, summary, _ = straight
+    assert evaluate.main(["--workdir", workdir]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1][len("result: "):])
+    assert result["top1"] == pytest.approx(summary["eval_top1"], abs=1e-6)
+    assert evaluate.main(["--workdir", workdir, "--view", "ten_crop", "--step", "best"]) == 0
+    capsys.readouterr()
+    # predict: two digits written as image files.
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    paths = []
+    for i in (0, 1):
+        img = (digits.images[i] / 16 * 255).astype(np.uint8)
+        path = str(tmp_path / f"digit{i}.png")
+        Image.fromarray(np.stack([img] * 3, -1)).save(path)
+        paths.append(path)
+    assert predict.main(["--workdir", workdir, *paths]) == 0
+    preds = json.loads(capsys.readouterr().out.strip().splitlines()[-1][len("predictions: "):])
+    assert [p["image"] for p in preds] == paths and all(len(p["top"]) == 5 for p in preds)
+    assert all(abs(sum(t["prob"] for t in p["top"]) - 1) < 1 for p in preds)
+    pngs = plot.plot_runs([workdir], str(tmp_path / "plots"))
+    assert [os.path.basename(p) for p in pngs] == ["loss.png", "error.png"]
+    assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+@pytest.mark.slow
+def test_quickstart_reaches_stated_accuracy(tmp_path):
+    """configs/quickstart.py states eval top-1 >= 0.97 (measured 0.98 on 2 cores)."""
+    env = _env(1)
+    env.pop("XLA_FLAGS")  # exactly what a user runs: one CPU device
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
+         "--workdir", str(tmp_path)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = json.loads(proc.stdout.strip().splitlines()[-1][len("final: "):])
+    assert final["step"] == 300 and final["eval_top1"] >= 0.97, final

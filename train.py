@@ -1,0 +1,91 @@
+"""Train (or resume) a ResNet from a config file.
+
+    python train.py --config configs/quickstart.py --workdir runs/quickstart
+    python train.py --config configs/resnet50.py --workdir runs/r50 --config.global_batch_size=1024
+
+Running the same command again resumes from the newest checkpoint in --workdir. The last line
+on stdout is ``final: {json}`` (step, eval_top1, eval_top5, wall_s, ...). Multi-host: on TPU VMs
+pass --multihost on every worker; elsewhere pass --coordinator_address/--num_processes/
+--process_id to each process. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="a config file, e.g. configs/resnet50.py")
+    parser.add_argument("--workdir", required=True, help="checkpoints, metrics and logs go here")
+    parser.add_argument(
+        "--multihost",
+        action="store_true",
+        help="call jax.distributed.initialize() with auto-detection (TPU VM pods, SLURM)",
+    )
+    parser.add_argument("--coordinator_address", default="", help="host:port of process 0")
+    parser.add_argument("--num_processes", type=int, default=0)
+    parser.add_argument("--process_id", type=int, default=-1)
+    parser.add_argument(
+        "--stop_after_steps",
+        type=int,
+        default=0,
+        help="save and exit at this step; the same command without it continues",
+    )
+    args, rest = parser.parse_known_args(argv)
+    overrides, i = [], 0
+    while i < len(rest):
+        item = rest[i]
+        if not item.startswith("--config."):
+            parser.error(f"unrecognized argument {item!r} (config overrides: --config.key=value)")
+        if "=" not in item:
+            if i + 1 >= len(rest):
+                parser.error(f"{item} needs a value")
+            item, i = f"{item}={rest[i + 1]}", i + 1
+        overrides.append(item)
+        i += 1
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    from resnet_jax.training.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    import jax
+
+    if args.coordinator_address:
+        # Explicit multi-process (multi-node GPU, or local CPU processes for testing).
+        if jax.config.jax_platforms in (None, "", "cpu"):
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
+        )
+    elif args.multihost:
+        jax.distributed.initialize()  # TPU VM pods, SLURM, ...: detected from the environment
+
+    from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
+
+    try:
+        summary = train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps)
+    except TrainingDivergedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if jax.process_index() == 0:
+        print("final: " + json.dumps(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
