@@ -12,8 +12,8 @@ docs/training.md); --config.data_dir=<tfds data_dir>.
 Hardware: 8 accelerators, about 8 h on 8 V100s.
 Expected (ImageNet val, single 224 centre crop unless stated):
 v1.5 + cosine: about 70-71% top-1. 2015 recipe: about 69.8% top-1 / 89.1% top-5
-(torchvision's reference weights, trained with the same step schedule), 72.1% in the
-2015 paper's single-crop Table 2 (27.88% top-1 error, option A shortcuts).
+(torchvision's reference weights, trained with the same step schedule); 72.1% with the
+2015 paper's 10-crop testing (Table 2: 27.88% top-1 error, option A shortcuts).
 Source: He et al. 2015 Table 2; torchvision ResNet18_Weights.IMAGENET1K_V1 (69.758 / 89.078).
 Not reproduced in this repository (no ImageNet offline).
 """

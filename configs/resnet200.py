@@ -11,9 +11,10 @@ docs/training.md); --config.data_dir=<tfds data_dir>.
 
 Hardware: 8-16 accelerators with 32+ GiB (TPU v3-8 or 8 A100), about 3 days.
 Expected (ImageNet val, single 224 centre crop unless stated):
-v1.5 + cosine: about 79% top-1. 2015 recipe: about 78.2% top-1 / 94.0% top-5 single
-224 crop (the original, post-activation ResNet-200 of He et al. 2016 Table 5: 21.8 /
-6.0% error, trained with scale + aspect-ratio augmentation).
+v1.5 + cosine: about 79% top-1. 2015 recipe: the original, post-activation ResNet-200 of
+He et al. 2016 Table 5 has 21.8% top-1 / 6.0% top-5 error (78.2% top-1) with scale
+augmentation and a single 320x320 test crop; expect somewhat more error at the 224 centre
+crop used here (Table 5's ResNet-152: 23.0% at 224 vs 21.3% at 320).
 Source: He et al. 2016 ('Identity Mappings') Table 5.
 Not reproduced in this repository (no ImageNet offline).
 """

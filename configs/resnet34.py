@@ -12,7 +12,7 @@ docs/training.md); --config.data_dir=<tfds data_dir>.
 Hardware: 8 accelerators, about 12 h on 8 V100s.
 Expected (ImageNet val, single 224 centre crop unless stated):
 v1.5 + cosine: about 73-74% top-1. 2015 recipe: about 73.3% top-1 / 91.4% top-5;
-the paper's single 224 crop: 75.0% (Table 2, 25.03% error, option A), 10-crop 75.5%
+the paper's 10-crop testing: 75.0% (Table 2, 25.03% error, option A shortcuts) and 75.5%
 (Table 3, option B: 24.52% error).
 Source: He et al. 2015 Tables 2-3; torchvision ResNet34_Weights.IMAGENET1K_V1 (73.314 / 91.420).
 Not reproduced in this repository (no ImageNet offline).

@@ -55,7 +55,7 @@ def test_round_trip_and_loading_into_pytorch():
     net, variables, _ = _pair("resnet18", seed=3)
     state = resnet_jax.to_torchvision("resnet18", variables)
     fresh = torch_reference.build("resnet18", num_classes=10)
-    fresh.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()})
+    fresh.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
     for key, value in net.state_dict().items():
         np.testing.assert_array_equal(fresh.state_dict()[key].numpy(), value.numpy(), err_msg=key)
     back = resnet_jax.from_torchvision("resnet18", state)
@@ -90,3 +90,33 @@ def test_scanned_layout_converts_both_ways():
     back = resnet_jax.to_torchvision("resnet18", scanned)
     for key, value in net.state_dict().items():
         np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+
+
+def test_evaluate_command_on_torchvision_weights_matches_pytorch(tmp_path, capsys):
+    import json
+
+    from resnet_jax import data
+    from resnet_jax.training import evaluate
+
+    net = torch_reference.build("resnet18", num_classes=10)
+    torch_reference.randomize(net, 7)
+    net.eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(net.state_dict(), path)
+    assert evaluate.main(["--torchvision", str(path), "--model", "resnet18", "--dataset", "digits",
+                          "--split", "test", "--image_size", "32", "--batch_size", "64"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1][len("result: "):])
+    # PyTorch's own accuracy on the very same batches.
+    ds = data.create_dataset("digits", "test", global_batch_size=64, train=False, image_size=32)
+    correct = total = top5 = 0
+    with torch.no_grad():
+        for batch in ds:
+            logits = net(torch.from_numpy(batch["image"].transpose(0, 3, 1, 2).copy())).numpy()
+            mask, labels = batch["mask"], batch["label"]
+            correct += int((logits.argmax(1) == labels)[mask].sum())
+            ranks = np.argsort(-logits, axis=1)[:, :5]
+            top5 += int((ranks == labels[:, None]).any(1)[mask].sum())
+            total += int(mask.sum())
+    assert total == 359
+    assert result["top1"] == pytest.approx(correct / total, abs=1e-9)
+    assert result["top5"] == pytest.approx(top5 / total, abs=1e-9)

@@ -222,8 +222,11 @@ def test_evaluate_predict_and_plot_commands(straight, tmp_path, capsys):
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1][len("result: "):])
     assert result["top1"] == pytest.approx(summary["eval_top1"], abs=1e-6)
-    assert evaluate.main(["--workdir", workdir, "--view", "ten_crop", "--step", "best"]) == 0
-    capsys.readouterr()
+    for view in ("ten_crop", "multi_scale"):  # 10 crops; five scales, scores averaged
+        assert evaluate.main(["--workdir", workdir, "--view", view, "--step", "best"]) == 0
+        line = capsys.readouterr().out.strip().splitlines()[-1]
+        views = json.loads(line[len("result: "):])
+        assert views["num_examples"] == result["num_examples"] and 0 <= views["top1"] <= 1
     # predict: two digits written as image files.
     from PIL import Image
     from sklearn.datasets import load_digits
@@ -238,7 +241,11 @@ def test_evaluate_predict_and_plot_commands(straight, tmp_path, capsys):
     assert predict.main(["--workdir", workdir, *paths]) == 0
     preds = json.loads(capsys.readouterr().out.strip().splitlines()[-1][len("predictions: "):])
     assert [p["image"] for p in preds] == paths and all(len(p["top"]) == 5 for p in preds)
-    assert all(abs(sum(t["prob"] for t in p["top"]) - 1) < 1 for p in preds)
+    for p in preds:
+        probs = [t["prob"] for t in p["top"]]
+        assert probs == sorted(probs, reverse=True) and all(0 <= q <= 1 for q in probs)
+        assert sum(probs) <= 1 + 1e-5  # top 5 of a softmax over 10 classes
+        assert {t["class"] for t in p["top"]} <= set("0123456789"), p
     pngs = plot.plot_runs([workdir], str(tmp_path / "plots"))
     assert [os.path.basename(p) for p in pngs] == ["loss.png", "error.png"]
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in pngs)
