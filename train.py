@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.multihost:
         jax.distributed.initialize()  # TPU VM pods, SLURM, ...: detected from the environment
 
+    from resnet_jax.checkpoint import CheckpointMismatchError
+    from resnet_jax.data import DataError
     from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
 
     try:
@@ -82,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except (DataError, CheckpointMismatchError) as e:  # bad input: say what and how to fix it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if jax.process_index() == 0:
         print("final: " + json.dumps(summary), flush=True)
     return 0

@@ -350,7 +350,8 @@ def tfds_source(
             raise DataError(
                 f"tfds dataset {name!r} is not prepared in data_dir {builder.data_dir_root!r}; "
                 f"this machine may have no internet, so it is not downloaded implicitly. Pass "
-                f"download=True (option) to prepare it, or point data_dir at a prepared copy."
+                f"download=True (option; train.py: --config.dataset_options.download=True) to "
+                f"prepare it, or point data_dir at a prepared copy."
                 + hint
             )
     info = builder.info
