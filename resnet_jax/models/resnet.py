@@ -110,7 +110,8 @@ class ResNet(nn.Module):
       dropout_rate: dropout before the classifier.
       in_channels: channels of the input images.
       scan_units: run each stage's identical units (all but the first) as one ``nn.scan``:
-        compile time and program size stop growing with depth (ResNet-1202 compiles in seconds).
+        compile time and program size stop growing with depth (ResNet-1202 compiles in seconds),
+        but on XLA:CPU the step currently runs ~10x slower than unrolled (docs/models.md).
         Parameters of those units are stacked; ``resnet_jax.models.layout`` converts.
       remat: recompute each unit's activations in the backward pass (``nn.remat``): activation
         memory of a train step no longer grows with depth, at ~1/3 more compute.
