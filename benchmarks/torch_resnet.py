@@ -1,0 +1,79 @@
+"""PyTorch twins of the benchmarked networks, for the side-by-side train-step comparison.
+
+CIFAR ResNet-20/32/44/56/110/1202 (He et al. 2015, Sec. 4.2: 3x3 stem of 16 channels, stages of
+16/32/64, option A shortcuts: stride-2 subsampling and zero-padded channels, half on each side,
+as resnet_jax's ``shortcut="A"``), and torchvision's ImageNet ResNets from tests/torch_reference.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests import torch_reference  # noqa: E402
+
+CIFAR_DEPTHS = {"resnet20": 3, "resnet32": 5, "resnet44": 7, "resnet56": 9, "resnet110": 18,
+                "resnet1202": 200}
+
+
+class ShortcutA(nn.Module):
+    """Option A: parameter-free; subsample, then zero-pad the new channels on both sides."""
+
+    def __init__(self, stride: int, extra: int):
+        super().__init__()
+        self.stride, self.extra = stride, extra
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x[:, :, :: self.stride, :: self.stride]
+        half = self.extra // 2
+        return F.pad(x, (0, 0, 0, 0, half, self.extra - half))
+
+
+class CifarBasicBlock(nn.Module):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        reshape = stride != 1 or inplanes != planes
+        self.shortcut = ShortcutA(stride, planes - inplanes) if reshape else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(self, n: int, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, inplanes = [], 16
+        for s, planes in enumerate((16, 32, 64)):
+            for i in range(n):
+                layers.append(CifarBasicBlock(inplanes, planes, 2 if s > 0 and i == 0 else 1))
+                inplanes = planes
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def build(name: str, num_classes: int) -> nn.Module:
+    """The PyTorch network with resnet_jax's architecture for ``name``."""
+    if name in CIFAR_DEPTHS:
+        return CifarResNet(CIFAR_DEPTHS[name], num_classes)
+    if name in torch_reference.TORCHVISION:
+        return torch_reference.build(name, num_classes)
+    raise ValueError(f"no PyTorch twin for {name!r}; have {sorted(CIFAR_DEPTHS)} and "
+                     f"{sorted(torch_reference.TORCHVISION)}")
