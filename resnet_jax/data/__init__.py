@@ -12,7 +12,7 @@ See docs/input_pipeline.md.
 
 from resnet_jax.data.augment import PRESETS
 from resnet_jax.data.eval_views import PAPER_SCALES, VIEWS
-from resnet_jax.data.pipeline import Dataset, Options, create_dataset
+from resnet_jax.data.pipeline import Dataset, Options, create_dataset, normalizer
 from resnet_jax.data.sources import (
     CorruptImageError,
     DataError,
@@ -31,4 +31,5 @@ __all__ = [
     "create_dataset",
     "digits_split_indices",
     "find_corrupt_images",
+    "normalizer",
 ]

@@ -270,8 +270,10 @@ def _estimate_stats(
     return _STATS_CACHE[key]
 
 
-def _normalizer(name: str, data_dir: str | None, image_size: int, split: str, opts: Options):
-    """A function float [..., h, w, 3] in [0, 1] -> normalised image."""
+def normalizer(name: str, data_dir: str | None, image_size: int, split: str, opts: Options):
+    """The normalisation the pipeline applies for this dataset and options: a function from a
+    float image [..., h, w, 3] in [0, 1] to the normalised image (statistics of ``split`` where
+    they are estimated). ``predict`` uses it so single files match the training stream."""
     if opts.normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {opts.normalization}")
     if opts.normalization == "none":
@@ -465,7 +467,7 @@ def create_dataset(
     local_batch = global_batch_size // pcount
 
     source = open_source(name, split, data_dir, opts)
-    normalize = _normalizer(name, data_dir, image_size, split, opts)
+    normalize = normalizer(name, data_dir, image_size, split, opts)
     out_dtype = tf.bfloat16 if dtype == "bfloat16" else tf.float32
     n = len(source) if isinstance(source, IndexSource) else source.num_examples
 

@@ -20,11 +20,12 @@ def preprocess(config, paths: list[str]) -> np.ndarray:
     """[n, H, W, 3] float32: the eval centre view of each file, normalised as in training."""
     import tensorflow as tf
 
-    from resnet_jax.data import eval_views, pipeline
+    from resnet_jax import data
+    from resnet_jax.data import eval_views
 
-    opts = pipeline.Options(**config.dataset_options.to_dict())
+    opts = data.Options(**config.dataset_options.to_dict())
     # The same normalisation as the training/eval stream (statistics of the training split).
-    normalize = pipeline._normalizer(
+    normalize = data.normalizer(
         config.dataset, config.data_dir or None, config.image_size, config.eval_split, opts
     )
     crop = opts.crop_fraction or eval_views.default_crop_fraction(config.image_size)
