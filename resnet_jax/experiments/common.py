@@ -158,7 +158,7 @@ def cifar_config(
     c.dataset = "folder"
     c.data_dir = data_dir
     c.global_batch_size = batch
-    c.eval_batch_size = 500
+    c.eval_batch_size = 4 * batch  # divisible by the devices whenever the train batch is
     c.num_train_steps = steps
     c.lr_boundaries = (steps * 0.5, steps * 0.75)
     c.model_kwargs = ml_collections.ConfigDict(model_kwargs or {})
