@@ -295,9 +295,13 @@ def bench_main(args: argparse.Namespace) -> list[dict[str, Any]]:
             for dtype in args.dtypes:
                 print(f"# {name} batch {batch} {size}px {dtype}", file=sys.stderr, flush=True)
                 model = resnet_jax.create_model(name, num_classes=classes, dtype=DTYPES[dtype],
-                                                axis_name="batch")
+                                                axis_name="batch", conv_impl=args.conv_impl)
                 runners: dict[str, Any] = {"jax": JaxStep(model, batch, size, classes, dtype)}
-                if args.compare == "torch":
+                if args.compare == "conv_xla":  # the same step with lax's convolution backward
+                    old = resnet_jax.create_model(name, num_classes=classes, dtype=DTYPES[dtype],
+                                                  axis_name="batch", conv_impl="xla")
+                    runners["conv_xla"] = JaxStep(old, batch, size, classes, dtype)
+                elif args.compare == "torch":
                     runners["torch"] = TorchStep(name, batch, size, classes, dtype)
                 elif args.compare == "flax_example":
                     from benchmarks import flax_example_resnet
@@ -335,6 +339,8 @@ def bench_main(args: argparse.Namespace) -> list[dict[str, Any]]:
                     row[f"{other}_ms_per_step"] = ms
                     row[f"{other}_images_per_s"] = batch * 1e3 / ms
                     row[f"jax_over_{other}"] = ms / row["ms_per_step"]
+                    if other in ("flax_example", "conv_xla"):
+                        row[f"{other}_compile_s"] = runners[other].compile_s
                     if other == "flax_example":
                         row["flax_example_compile_s"] = runners[other].compile_s
                         row["flax_example_step_flops_xla"] = runners[other].flops
@@ -427,7 +433,8 @@ def bench_xla_sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
             cmd = _child_cmd(["--_child", "jax", "--models", name, "--batch", str(batch),
                               "--dtypes", dtype, "--repeats", str(args.repeats),
                               "--warmup", str(args.warmup),
-                              "--min_seconds", str(args.min_seconds)]
+                              "--min_seconds", str(args.min_seconds),
+                              "--conv_impl", args.conv_impl]
                              + (["--image_size", str(args.image_size)] if args.image_size else []))
             res = _run_child(cmd, env, args.deep_timeout, None)
             print(f"# XLA_FLAGS={flags!r}: {res}", file=sys.stderr, flush=True)
@@ -476,7 +483,7 @@ def bench_deep(args: argparse.Namespace) -> list[dict[str, Any]]:
             cmd = _child_cmd(["--_child", "deep", "--models", name, "--batch", str(args.batch[0]),
                               "--dtypes", args.dtypes[0], "--scan", str(int(scan)),
                               "--remat", str(int(remat)), "--steady_steps",
-                              str(args.steady_steps)])
+                              str(args.steady_steps), "--conv_impl", args.conv_impl])
             timeout = args.deep_timeout
             if not scan and args.unrolled_timeout:
                 timeout = args.unrolled_timeout
@@ -515,7 +522,7 @@ def child(args: argparse.Namespace) -> None:
     if args._child == "deep":
         opts = dict(scan_units=bool(args.scan), remat=bool(args.remat))
     model = resnet_jax.create_model(name, num_classes=classes, dtype=DTYPES[dtype],
-                                    axis_name="batch", **opts)
+                                    axis_name="batch", conv_impl=args.conv_impl, **opts)
     step = JaxStep(model, batch, size, classes, dtype)
     out: dict[str, Any] = {"compile_s": step.compile_s, "trace_s": step.trace_s,
                            "first_step_s": step.first_step_s, "flops": step.flops,
@@ -564,7 +571,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=lambda s: [int(x) for x in csv(s)], default=[128])
     p.add_argument("--dtypes", type=csv, default=["float32", "bfloat16"])
     p.add_argument("--image_size", type=int, default=0, help="default: 32 CIFAR, 224 ImageNet")
-    p.add_argument("--compare", choices=["torch", "flax_example"], default=None)
+    p.add_argument("--compare", choices=["torch", "flax_example", "conv_xla"], default=None,
+                   help="conv_xla: the same model with conv_impl='xla' (lax's conv backward)")
+    p.add_argument("--conv_impl", choices=["auto", "xla", "cpu_fast"], default="auto",
+                   help="the model's conv_impl (convolution backward pass)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min_seconds", type=float, default=1.0, help="length of a timed chunk")

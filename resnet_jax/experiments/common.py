@@ -328,7 +328,7 @@ def run_main(main: callable, argv: Sequence[str] | None = None) -> int:
 # Trained nets shared by the analysis experiments (layer responses, gradient flow)
 
 # --quick budget of the analysis experiments: a few minutes of training per net on 2 CPU cores.
-QUICK_ANALYSIS_STEPS = 60
+QUICK_ANALYSIS_STEPS = 30
 
 
 def add_runs_flag(parser: argparse.ArgumentParser) -> None:

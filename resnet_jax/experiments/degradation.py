@@ -19,7 +19,7 @@ from pathlib import Path
 from resnet_jax.experiments import common
 
 # --quick: 2 CPU cores, at most 30 minutes for all four nets (docs/experiments.md says why).
-QUICK_STEPS = 250
+QUICK_STEPS = 200
 PAPER_STEPS = 64_000
 FAMILIES = ("plain", "resnet")
 # He et al. 2015 Table 6 (test error %, CIFAR-10); plain nets only in Fig. 6, read off the plot.

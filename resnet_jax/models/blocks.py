@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import BatchNorm, conv
+from resnet_jax.models.layers import BatchNorm, ConvImpl, conv
 
 Dtype = Any
 
@@ -66,6 +66,9 @@ class ResidualUnit(nn.Module):
         PyTorch's 0.1) and epsilon.
       dtype, param_dtype: computation and parameter dtypes (BN statistics are always float32).
       axis_name: mapped axis over which BN statistics are averaged (cross-device BN), or None.
+      conv_impl: convolution backward pass: ``auto`` (``cpu_fast`` on the CPU backend, else
+        ``xla``), ``xla`` (lax's autodiff) or ``cpu_fast``
+        (``layers.cpu_fast_conv_general_dilated``); the values computed are the same.
     """
 
     features: int
@@ -86,6 +89,7 @@ class ResidualUnit(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     axis_name: str | None = None
+    conv_impl: ConvImpl = "auto"
 
     @property
     def out_features(self) -> int:
@@ -107,7 +111,7 @@ class ResidualUnit(nn.Module):
     def _conv(self, features: int, kernel: int, strides: int = 1, groups: int = 1,
               zero_init: bool = False, name: str | None = None) -> nn.Conv:
         return conv(features, kernel, strides, groups=groups, zero_init=zero_init,
-                    dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+                    dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl, name=name)
 
     def _norm(self, train: bool, zero_init: bool = False, name: str | None = None) -> BatchNorm:
         return BatchNorm(

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from resnet_jax.models.blocks import PREACT_ORDERS, ResidualUnit
-from resnet_jax.models.layers import BatchNorm, conv
+from resnet_jax.models.layers import BatchNorm, ConvImpl, conv
 
 Dtype = Any
 STEMS = ("imagenet", "cifar", "deep")
@@ -111,10 +111,13 @@ class ResNet(nn.Module):
       in_channels: channels of the input images.
       scan_units: run each stage's identical units (all but the first) as one ``nn.scan``:
         compile time and program size stop growing with depth (ResNet-1202 compiles in seconds),
-        but on XLA:CPU the step currently runs ~10x slower than unrolled (docs/models.md).
+        but with ``conv_impl="xla"`` the XLA:CPU step runs ~10x slower than unrolled
+        (``conv_impl="auto"`` avoids the cause; docs/models.md).
         Parameters of those units are stacked; ``resnet_jax.models.layout`` converts.
       remat: recompute each unit's activations in the backward pass (``nn.remat``): activation
         memory of a train step no longer grows with depth, at ~1/3 more compute.
+      conv_impl: convolution backward pass, see ``ResidualUnit``: ``auto`` uses the custom
+        CPU backward (same values, faster on XLA:CPU, also inside scans) only on the CPU backend.
 
     Call as ``model.apply(variables, images, train=...)``, images of shape (N, H, W, in_channels).
     Logits are float32. ``return_features=True`` returns a dict with the stem, every stage's
@@ -148,6 +151,7 @@ class ResNet(nn.Module):
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     axis_name: str | None = None
+    conv_impl: ConvImpl = "auto"
 
     def _check_input(self, x: jax.Array) -> None:
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
@@ -169,7 +173,7 @@ class ResNet(nn.Module):
 
     def _conv(self, features: int, kernel: int, strides: int, name: str) -> nn.Conv:
         return conv(features, kernel, strides, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name=name)
+                    impl=self.conv_impl, name=name)
 
     def _stem(self, x: jax.Array, train: bool) -> jax.Array:
         if self.stem == "deep":  # ResNet-D: three 3x3 convs replace the 7x7 (Bag of Tricks §4.2)
@@ -209,7 +213,7 @@ class ResNet(nn.Module):
             base_width=self.base_width, zero_init_residual=self.zero_init_residual,
             dropout_rate=self.block_dropout_rate, bn_momentum=self.bn_momentum,
             bn_epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-            axis_name=self.axis_name,
+            axis_name=self.axis_name, conv_impl=self.conv_impl,
         )
         total_units = sum(self.stage_sizes)
         done = 0
