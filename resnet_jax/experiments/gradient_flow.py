@@ -61,9 +61,9 @@ def run(argv: Sequence[str] | None = None) -> dict:
             nets[key] = {
                 "label": common.label(family, depth, label_suffix), "depth": depth,
                 "variant": suffix, "workdir": workdir,
-                "init": unit_input_grad_norms(model, init, images, labels),
-                "trained": unit_input_grad_norms(model, trained, images, labels),
             }
+            nets[key]["init"], nets[key]["trained"] = unit_input_grad_norms(
+                model, (init, trained), images, labels)
     report.data.update(steps=steps if not args.runs else "from --runs", batch=batch,
                        depths=depths, grad_images=GRAD_IMAGES, nets=nets)
 
@@ -106,9 +106,10 @@ def _is_unit_call(context) -> bool:
     return isinstance(context.module, ResidualUnit) and context.method_name == "__call__"
 
 
-def unit_input_grad_norms(model: nn.Module, variables: dict, images: np.ndarray,
-                          labels: np.ndarray) -> list[float]:
-    """||dL/dx|| at the input x of every ResidualUnit, in network order.
+def unit_input_grad_norms(model: nn.Module, variable_sets: Sequence[dict], images: np.ndarray,
+                          labels: np.ndarray) -> list[list[float]]:
+    """||dL/dx|| at the input x of every ResidualUnit, in network order, for each set of
+    variables of ``model`` (one compilation serves them all).
 
     A zero tensor is added to each unit's input through a method interceptor, and the loss is
     differentiated with respect to those zeros (the model itself is left untouched).
@@ -127,7 +128,7 @@ def unit_input_grad_norms(model: nn.Module, variables: dict, images: np.ndarray,
         return model.apply(v, x, train=True, mutable=["batch_stats"])[0]
 
     with nn.intercept_methods(record):
-        jax.eval_shape(forward, variables, images)
+        jax.eval_shape(forward, variable_sets[0], images)
 
     def loss(deltas, v, x, y):
         def perturb(next_fun, args, kwargs, context):
@@ -140,8 +141,12 @@ def unit_input_grad_norms(model: nn.Module, variables: dict, images: np.ndarray,
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     zeros = {k: jnp.zeros(s.shape, s.dtype) for k, s in shapes.items()}
-    grads = jax.jit(jax.grad(loss))(zeros, variables, images, labels)
-    return [float(jnp.linalg.norm(grads[k].astype(jnp.float32))) for k in order]
+    grad_fn = jax.jit(jax.grad(loss))
+    out = []
+    for variables in variable_sets:
+        grads = grad_fn(zeros, variables, images, labels)
+        out.append([float(jnp.linalg.norm(grads[k].astype(jnp.float32))) for k in order])
+    return out
 
 
 def plot(nets: dict[str, dict], depths: Sequence[int], path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from resnet_jax.experiments import common
 
-QUICK_STEPS = 200
+QUICK_STEPS = 100
 # (key, description, model options, paper value, paper source)
 VARIANTS = (
     ("A", "shortcut A (zero-padding); = (a) original", {"shortcut": "A"},
