@@ -41,11 +41,14 @@ def config_for(args: argparse.Namespace, data_dir: str):
     c.dataset, c.data_dir = "folder", data_dir
     c.global_batch_size = args.batch
     c.eval_batch_size = 4 * args.batch
-    c.num_train_steps = args.warmup + args.steps
+    # One step more than timed: the last step also evaluates and saves, which is not per-step work.
+    c.num_train_steps = args.warmup + args.steps + 1
     c.eval_every_epochs = 0.0  # evaluate once, after the timed steps
     c.log_every_steps = 10
     c.checkpoint_every_steps = 10**9  # one checkpoint, at the end
     c.progress_bar = "off"
+    if args.threads:
+        c.dataset_options.threads = args.threads  # tf.data's private thread pool
     return c
 
 
@@ -80,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=40, help="timed steps (per synthetic chunk: 1/3)")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--data_dir", default="", help="CIFAR-10 folder (train/<class>/, test/...)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="tf.data threads of the training run (0: one per core)")
     p.add_argument("--out", default="", help="JSON results file")
     args = p.parse_args(argv)
 
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     synth_step = statistics.median(before + after)
     result = {
         "model": args.model, "batch": args.batch, "timed_steps": args.steps,
+        "tf_data_threads": args.threads or os.cpu_count(),
         "backend": jax.default_backend(), "devices": jax.device_count(),
         "synthetic_ms_per_step": 1e3 * synth_step,
         "synthetic_chunks_ms": [round(1e3 * s, 1) for s in before + after],
