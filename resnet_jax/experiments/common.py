@@ -10,7 +10,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,10 @@ class ExperimentError(RuntimeError):
 
 
 def parse_args(
-    name: str, doc: str, argv: Sequence[str] | None, extra: callable | None = None
+    name: str,
+    doc: str,
+    argv: Sequence[str] | None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> argparse.Namespace:
     """The flags every experiment takes; ``extra(parser)`` adds its own."""
     parser = argparse.ArgumentParser(
@@ -269,6 +272,12 @@ class Report:
         lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
         return "\n".join(lines) + "\n"
 
+    def claims(self, claims: list[dict[str, Any]]) -> None:
+        """Records the paper's claims as checked on this run (raw and as a markdown list)."""
+        self.data["claims"] = claims
+        self.add("\n".join(f"- {c['claim']}: **{'yes' if c['holds'] else 'no'}** ({c['detail']})"
+                           for c in claims))
+
     def write(self, command: str) -> Path:
         wall = time.time() - self.t0
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -308,7 +317,7 @@ def pyplot():
     return plt
 
 
-def run_main(main: callable, argv: Sequence[str] | None = None) -> int:
+def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> int:
     """Runs an experiment's ``main``; bad input ends in one ``error:`` line and exit status 2."""
     from absl import logging as absl_logging
 

@@ -73,9 +73,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         ["net", "train error %", "test error %", "paper test error % (Table 6)", "minutes"], rows
     ))
     claims = check_claims(runs, depths)
-    report.data["claims"] = claims
-    report.add("\n".join(f"- {c['claim']}: **{'yes' if c['holds'] else 'no'}** ({c['detail']})"
-                         for c in claims))
+    report.claims(claims)
     report.add("![degradation](degradation.png)")
     report.write(common.command_line("degradation", argv))
     return report.data

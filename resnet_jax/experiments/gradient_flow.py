@@ -94,9 +94,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
                 "holds": bool(spread_r < spread_p),
                 "detail": f"{spread_r:.3g} vs {spread_p:.3g}",
             })
-    report.data["claims"] = claims
-    report.add("\n".join(f"- {c['claim']}: **{'yes' if c['holds'] else 'no'}** ({c['detail']})"
-                         for c in claims))
+    report.claims(claims)
     report.add("![gradient flow](gradient_flow.png)")
     report.write(common.command_line("gradient_flow", argv))
     return report.data

@@ -74,9 +74,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         "holds": bool(all(a > b for a, b in zip(means, means[1:], strict=False))),
         "detail": ", ".join(f"ResNet-{d}: {m:.3f}" for d, m in zip(depths, means, strict=True)),
     })
-    report.data["claims"] = claims
-    report.add("\n".join(f"- {c['claim']}: **{'yes' if c['holds'] else 'no'}** ({c['detail']})"
-                         for c in claims))
+    report.claims(claims)
     report.add("![layer responses](layer_responses.png)")
     report.write(common.command_line("layer_responses", argv))
     return report.data
