@@ -203,6 +203,24 @@ def test_truncated_jpeg_error_names_file_or_is_skipped(tmp_path):
     assert data.find_corrupt_images(root, "train")[0].endswith("zz_truncated.jpg")
 
 
+def test_normalisation_statistics_skip_undecodable_files(tmp_path):
+    """The per-pixel mean is estimated in one decode pass that drops what does not decode."""
+    from resnet_jax.data import pipeline
+
+    def mean_image(root):
+        opts = pipeline.Options(normalization="per_pixel_mean")
+        subtract = pipeline.normalizer("folder", str(root), 8, "train", opts)
+        return -np.asarray(subtract(np.zeros((8, 8, 3), np.float32)))
+
+    clean = _tiny_folder(tmp_path / "clean", size=(40, 40))
+    dirty = _tiny_folder(tmp_path / "dirty", size=(40, 40))
+    good = (dirty / "train" / "a" / "0.jpg").read_bytes()
+    (dirty / "train" / "a" / "zz_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (dirty / "train" / "b" / "notes.txt").write_text("not an image")
+    np.testing.assert_allclose(mean_image(dirty), mean_image(clean), rtol=1e-6)
+    assert mean_image(clean).std() > 0.01  # random pixels: a real image, not a constant
+
+
 def test_grayscale_cmyk_alpha_and_small_images(tmp_path):
     rng = np.random.default_rng(1)
     rgb = Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))

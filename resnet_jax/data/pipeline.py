@@ -241,7 +241,13 @@ def _estimate_stats(
     key = (name, str(data_dir), stats_split, image_size, limit, opts.resize_method)
     if key in _STATS_CACHE:
         return _STATS_CACHE[key]
-    src = open_source(name, stats_split, data_dir, dataclasses.replace(opts, skip_corrupt=True))
+    if name == sources.FOLDER:
+        # Non-image files are skipped here and undecodable ones by the decode pass below, so the
+        # statistics take one decode of the split (a separate probe pass would double it).
+        src = sources.folder_source(data_dir, stats_split, skip_corrupt=True, cache=opts.cache,
+                                    class_names=opts.class_names)
+    else:
+        src = open_source(name, stats_split, data_dir, opts)
     if not isinstance(src, IndexSource):
         raise DataError(
             f"cannot estimate normalisation statistics of the streamed dataset {name!r}; "
@@ -254,7 +260,7 @@ def _estimate_stats(
     ds = ds.map(
         lambda i: eval_views.center(lookup(i), image_size, 1.0, opts.resize_method),
         num_parallel_calls=tf.data.AUTOTUNE,
-    ).batch(256)
+    ).ignore_errors().batch(256)
     total = np.zeros((image_size, image_size, 3))
     total_sq = np.zeros(3)
     count = 0
@@ -263,6 +269,8 @@ def _estimate_stats(
         total += b.sum(axis=0)
         total_sq += (b**2).sum(axis=(0, 1, 2))
         count += len(b)
+    if count == 0:
+        raise DataError(f"{src.name}: no decodable images to estimate normalisation statistics")
     mean_img = total / count
     mean = mean_img.mean(axis=(0, 1))
     std = np.sqrt(np.maximum(total_sq / (count * image_size**2) - mean**2, 1e-12))

@@ -16,7 +16,8 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,30 @@ def _read_all(path: str) -> bytes:
         return f.read()
 
 
+# Files read in one go before choosing how to read the rest (see _read_files).
+_PROBE_FILES = 512
+_SEQUENTIAL_SECONDS_PER_FILE = 50e-6
+
+
+def _read_files(paths: Sequence[str], read: Callable[[str], bytes]) -> list[bytes]:
+    """``read`` of every path, in order. Files in the page cache read fastest in one thread (a
+    thread per file pays more in GIL hand-offs than the read costs: 50k CIFAR files take 0.7 s
+    sequentially, 8 s on 16 threads); when the first files show real I/O latency, a few threads
+    each read a contiguous chunk (cold CIFAR-10: 9.0 s sequential, 4.5 s on 4 threads)."""
+    start = time.perf_counter()
+    data = [read(p) for p in paths[:_PROBE_FILES]]
+    rest = paths[_PROBE_FILES:]
+    per_file = (time.perf_counter() - start) / max(len(data), 1)
+    if per_file < _SEQUENTIAL_SECONDS_PER_FILE or len(rest) < _PROBE_FILES:
+        return data + [read(p) for p in rest]
+    workers = 4
+    chunks = [rest[i * len(rest) // workers:(i + 1) * len(rest) // workers] for i in range(workers)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for chunk in pool.map(lambda c: [read(p) for p in c], chunks):
+            data.extend(chunk)
+    return data
+
+
 def folder_classes(root: Path) -> list[str]:
     """Class names of an image-folder dataset: sorted union of class folders over all splits.
 
@@ -200,9 +225,7 @@ def folder_source(
     if cache == "auto":
         total = sum(os.path.getsize(p) for p in paths)
         cache = total <= cache_max_bytes
-    # Reading is I/O bound: threads overlap the open() latency.
-    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
-        data = list(pool.map(_read_all if cache else _read_head, paths, chunksize=256))
+    data = _read_files(paths, _read_all if cache else _read_head)
     keep = []
     for i, (p, blob) in enumerate(zip(paths, data, strict=True)):
         if _looks_like_image(blob[:16]):

@@ -32,7 +32,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     args = common.parse_args("layer_responses", __doc__.split("\n\n")[0], argv,
                              common.add_runs_flag)
     steps = args.steps or (common.QUICK_ANALYSIS_STEPS if args.quick else 64_000)
-    batch = args.batch or 128
+    batch = args.batch or (common.QUICK_ANALYSIS_BATCH if args.quick else 128)
     depths = args.depths or ([20, 56] if args.quick else [20, 56, 110])
     report = common.Report("layer_responses", args)
 
