@@ -53,10 +53,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    from resnet_jax.training.config import ConfigError, load_config
+    from resnet_jax.training.config import ConfigError, apply_xla_flags, load_config
 
     try:
         config = load_config(args.config, overrides)
+        apply_xla_flags(config)  # before JAX starts: XLA reads $XLA_FLAGS once
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

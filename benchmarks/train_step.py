@@ -183,7 +183,10 @@ class JaxStep:
         self.num_devices = len(dp.devices)
         init_fn = functools.partial(create_train_state, model, tx, jax.random.PRNGKey(0),
                                     (size, size, 3))
-        self.state = dp.init_state(init_fn)
+        t0 = time.perf_counter()
+        self.state = dp.init_state(init_fn)  # jitted: tracing + compiling + running the init
+        jax.block_until_ready(self.state)
+        self.init_s = time.perf_counter() - t0
         self.metrics = dp.init_metrics()
         data = synthetic_batch(batch, size, classes)
         # The training loop feeds images in the compute dtype (bf16 input pipeline).
@@ -467,7 +470,7 @@ def table_sweep(rows: list[dict[str, Any]]) -> str:
 
 
 # ---- deep networks ---------------------------------------------------------------------------
-DEEP_MODELS = ["resnet110", "preact_resnet1001", "resnet1202"]
+DEEP_MODELS = ["resnet50", "resnet110", "preact_resnet1001", "resnet1202"]
 DEEP_VARIANTS = [(False, False), (True, False), (False, True), (True, True)]
 
 
@@ -477,30 +480,34 @@ def bench_deep(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     models = args.models if args.models_given else DEEP_MODELS
     for name in models:
+        size = args.image_size or default_image_size(name)
         for scan, remat in DEEP_VARIANTS:
             if (name, scan, remat) in args.deep_skip:
                 continue
             cmd = _child_cmd(["--_child", "deep", "--models", name, "--batch", str(args.batch[0]),
                               "--dtypes", args.dtypes[0], "--scan", str(int(scan)),
                               "--remat", str(int(remat)), "--steady_steps",
-                              str(args.steady_steps), "--conv_impl", args.conv_impl])
+                              str(args.steady_steps), "--conv_impl", args.conv_impl,
+                              "--image_size", str(size)])
             timeout = args.deep_timeout
             if not scan and args.unrolled_timeout:
                 timeout = args.unrolled_timeout
             res = _run_child(cmd, dict(os.environ), timeout, args.mem_limit_gib)
             row = {"model": name, "scan_units": scan, "remat": remat, "batch": args.batch[0],
-                   "dtype": args.dtypes[0], **res}
+                   "image_size": size, "dtype": args.dtypes[0], **res}
             print(f"# {json.dumps(row)}", file=sys.stderr, flush=True)
             rows.append(row)
     return rows
 
 
 def table_deep(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | scan_units | remat | compile s | first step s | steady ms/step | "
-             "XLA step mem GiB | peak RSS GiB | note |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | batch | px | scan_units | remat | init s | compile s | first step s | "
+             "steady ms/step | XLA step mem GiB | peak RSS GiB | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['scan_units']} | {r['remat']} | {_fmt(r.get('compile_s'))} | "
+            f"| {r['model']} | {r['batch']} | {r['image_size']} | {r['scan_units']} | "
+            f"{r['remat']} | {_fmt(r.get('init_s'))} | {_fmt(r.get('compile_s'))} | "
             f"{_fmt(r.get('first_step_s'), '.2f')} | {_fmt(r.get('ms_per_step'))} | "
             f"{_fmt(r.get('xla_step_memory_gib'), '.2f')} | {_fmt(r.get('max_rss_gib'), '.2f')} | "
             f"{r.get('error', '')} |"
@@ -524,7 +531,8 @@ def child(args: argparse.Namespace) -> None:
     model = resnet_jax.create_model(name, num_classes=classes, dtype=DTYPES[dtype],
                                     axis_name="batch", conv_impl=args.conv_impl, **opts)
     step = JaxStep(model, batch, size, classes, dtype)
-    out: dict[str, Any] = {"compile_s": step.compile_s, "trace_s": step.trace_s,
+    out: dict[str, Any] = {"init_s": step.init_s, "compile_s": step.compile_s,
+                           "trace_s": step.trace_s,
                            "first_step_s": step.first_step_s, "flops": step.flops,
                            "xla_step_memory_gib": step.xla_bytes / GIB if step.xla_bytes else None}
     if args._child == "deep":
@@ -585,7 +593,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--xla_flag_sets", type=lambda s: s.split(";"), default=None,
                    help="';'-separated XLA_FLAGS sets (the first is the baseline)")
     p.add_argument("--sweep_rounds", type=int, default=2)
-    p.add_argument("--deep", action="store_true", help="resnet110/preact_resnet1001/resnet1202")
+    p.add_argument("--deep", action="store_true",
+                   help="resnet50/resnet110/preact_resnet1001/resnet1202 (or --models)")
     p.add_argument("--deep_timeout", type=float, default=300.0)
     p.add_argument("--unrolled_timeout", type=float, default=0.0,
                    help="timeout of scan_units=False configurations (default: --deep_timeout)")

@@ -117,3 +117,56 @@ def test_train_py_reports_config_errors(capsys):
     rc = train.main(["--config", qs, "--workdir", "/x", "--config.num_train_steps", "0.5"])
     assert rc == 2
     assert "expected an int" in capsys.readouterr().err
+
+
+def test_xla_flags_setting_resolves_and_rejects_malformed(monkeypatch):
+    from resnet_jax.training import config as cfg
+
+    monkeypatch.setattr(cfg, "gpu_plugin_installed", lambda: True)
+    assert cfg.xla_flags_for("auto") == list(cfg.GPU_XLA_FLAGS)
+    monkeypatch.setattr(cfg, "gpu_plugin_installed", lambda: False)
+    assert cfg.xla_flags_for("auto") == [] and cfg.xla_flags_for("") == []
+    assert cfg.xla_flags_for("--a=1  --b") == ["--a=1", "--b"]
+    c = default_config()
+    apply_override(c, "xla_flags=xla_a=1")
+    with pytest.raises(ConfigError, match="xla_flags.*'xla_a=1'.*--name=value"):
+        validate(c)
+
+
+def test_xla_flags_reach_xla_before_jax_starts_and_env_wins():
+    """In a fresh process (XLA reads $XLA_FLAGS once): config flags are added, a flag the user
+    already set keeps the user's value, and the backend starts with them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, jax\n"
+        "from resnet_jax.training.config import apply_xla_flags, default_config\n"
+        "c = default_config()\n"
+        "c.xla_flags = '--xla_cpu_enable_fast_math=false --xla_cpu_use_onednn=false'\n"
+        "print(apply_xla_flags(c))\n"
+        "print(float(jax.numpy.ones(3).sum()))\n"
+        "print(os.environ['XLA_FLAGS'])\n"
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_use_onednn=true", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.splitlines()
+    assert out == ["['--xla_cpu_enable_fast_math=false']", "3.0",
+                   "--xla_cpu_use_onednn=true --xla_cpu_enable_fast_math=false"]
+
+
+def test_xla_flags_after_jax_started_are_an_error_not_a_silent_no_op(monkeypatch, caplog):
+    import jax
+
+    from resnet_jax.training import config as cfg
+
+    jax.devices()  # the backend is up: XLA_FLAGS is no longer read
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    c = default_config()
+    c.xla_flags = "--xla_cpu_enable_fast_math=false"
+    with pytest.raises(ConfigError, match="cannot take effect: JAX has already started"):
+        cfg.apply_xla_flags(c)
+    c.xla_flags = "auto"
+    monkeypatch.setattr(cfg, "gpu_plugin_installed", lambda: True)
+    assert cfg.apply_xla_flags(c) == [] and "cannot take effect" in caplog.text
+    assert "XLA_FLAGS" not in os.environ

@@ -38,6 +38,7 @@ RESUMABLE_CHANGES = frozenset(
         "eval_batch_size",
         "data_dir",
         "parallel",
+        "xla_flags",
     }
 )
 
@@ -100,6 +101,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.loss_scale_period = 2000
     c.parallel = "shard_map"
     c.sync_bn = True  # BN statistics over the global batch; False: per device
+    # Added to $XLA_FLAGS before JAX starts. "auto": GPU_XLA_FLAGS where a GPU plugin of jax is
+    # installed, else none; "": none; else the flags themselves ("--a=1 --b=2").
+    c.xla_flags = "auto"
     c.seed = 0
     # Bookkeeping.
     c.log_every_steps = 100
@@ -261,6 +265,65 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.warmup_length must be >= 0")
     if list(config.lr_boundaries) != sorted(config.lr_boundaries):
         raise ConfigError(f"config.lr_boundaries must increase, got {config.lr_boundaries}")
+    xla_flags_for(config.xla_flags)
+
+
+# Recommended on GPUs (JAX "GPU performance tips"; the default of NVIDIA's JAX-Toolbox images):
+# lets XLA overlap the gradient all-reduce with the backward pass on several GPUs.
+GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
+
+
+def gpu_plugin_installed() -> bool:
+    """Whether a CUDA or ROCm plugin of jaxlib is installed (checked without starting JAX)."""
+    import pkgutil
+
+    names = [m.name for m in pkgutil.iter_modules()]
+    try:
+        import jax_plugins
+
+        names += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+    except ImportError:
+        pass
+    return any(("cuda" in n or "rocm" in n) and ("jax" in n or "xla" in n) for n in names)
+
+
+def xla_flags_for(setting: str) -> list[str]:
+    """The flags ``config.xla_flags`` stands for; a malformed flag is a ConfigError."""
+    if setting == "auto":
+        return list(GPU_XLA_FLAGS) if gpu_plugin_installed() else []
+    flags = setting.split()
+    bad = [f for f in flags if not f.startswith("--") or len(f) < 3]
+    if bad:
+        raise ConfigError(
+            f"config.xla_flags: {bad} are not XLA flags; give them as '--name=value', "
+            "space-separated, or 'auto' / '' (see docs/training.md)"
+        )
+    return flags
+
+
+def apply_xla_flags(config: ml_collections.ConfigDict) -> list[str]:
+    """Adds ``config.xla_flags`` to $XLA_FLAGS (a flag already there keeps its value) and
+    returns what was added. XLA reads the variable once, when JAX starts its backends: later,
+    explicit flags are a ConfigError and "auto" ones are skipped with a warning."""
+    import logging
+
+    flags = xla_flags_for(config.xla_flags)
+    present = os.environ.get("XLA_FLAGS", "").split()
+    names = {f.split("=", 1)[0] for f in present}
+    new = [f for f in flags if f.split("=", 1)[0] not in names]
+    if not new:
+        return []
+    from jax._src import xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        message = (f"config.xla_flags {new} cannot take effect: JAX has already started; set them "
+                   "before the first JAX computation (train.py does) or in $XLA_FLAGS")
+        if config.xla_flags != "auto":
+            raise ConfigError(message)
+        logging.getLogger(__name__).warning(message)
+        return []
+    os.environ["XLA_FLAGS"] = " ".join([*present, *new])
+    return new
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

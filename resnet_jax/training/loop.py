@@ -23,7 +23,7 @@ import numpy as np
 
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from resnet_jax.training import optim
-from resnet_jax.training.config import config_diff, to_dict, validate
+from resnet_jax.training.config import apply_xla_flags, config_diff, to_dict, validate
 from resnet_jax.training.metrics import MetricWriter, Progress
 from resnet_jax.training.step import (
     DataParallel,
@@ -159,6 +159,7 @@ def train_and_evaluate(
     """
     t_start = time.time()
     validate(config)
+    apply_xla_flags(config)  # a no-op where train.py applied them or JAX has started ("auto")
     lead = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
     precision = resolve_precision(config.precision)
