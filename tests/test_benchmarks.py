@@ -1,0 +1,66 @@
+"""The benchmark harness measures what it says: same architectures side by side, real numbers."""
+
+import json
+
+import jax
+import pytest
+
+import resnet_jax
+from benchmarks import flax_example_resnet
+from benchmarks import train_step as bench
+
+torch = pytest.importorskip("torch", reason="PyTorch is in requirements-dev.txt")
+from benchmarks import torch_resnet  # noqa: E402
+
+
+def test_flax_example_twin_is_our_resnet50():
+    # "At equal settings" (issue 6) needs the same network: torchvision's 25,557,032 parameters.
+    ours = resnet_jax.create_model("resnet50", num_classes=1000)
+    theirs = flax_example_resnet.create_model("resnet50", 1000)
+    counts = [resnet_jax.count_params(resnet_jax.abstract_variables(m, (1, 224, 224, 3))["params"])
+              for m in (ours, theirs)]  # fmt: skip
+    assert counts == [25_557_032, 25_557_032]
+
+
+def test_pytorch_twin_is_our_resnet20():
+    # He et al. 2015 Table 6: ResNet-20 has 0.27M parameters (269,722 with option A shortcuts).
+    ours = resnet_jax.abstract_variables(resnet_jax.create_model("resnet20", num_classes=10),
+                                         (1, 32, 32, 3))  # fmt: skip
+    ours_count = resnet_jax.count_params(ours["params"])
+    theirs = sum(p.numel() for p in torch_resnet.build("resnet20", 10).parameters())
+    assert ours_count == theirs == 269_722
+
+
+def test_train_step_benchmark_row_against_pytorch(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    docs_before = bench.DOCS.read_text()
+    bench.main(["--models", "resnet20", "--batch", "8", "--dtypes", "float32", "--compare", "torch",
+                "--warmup", "1", "--repeats", "2", "--min_seconds", "0.01", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert bench.DOCS.read_text() == docs_before  # only --write-docs touches the docs
+    # The command reproduces the run, XLA_FLAGS included (here: conftest's simulated devices).
+    prefix, _, args = data["command"].partition(" python benchmarks/train_step.py ")
+    assert prefix.startswith("XLA_FLAGS=") and "device_count=8" in prefix
+    assert args.startswith("--models resnet20 --batch 8 --dtypes float32 --compare torch ")
+    assert data["machine"]["backend"] == jax.default_backend()
+    (row,) = data["rows"]
+    assert (row["model"], row["batch"], row["image_size"], row["dtype"]) == (
+        "resnet20", 8, 32, "float32")  # fmt: skip
+    assert row["compile_s"] > 0 and row["first_step_s"] > 0
+    assert row["timing"]["jax"]["repeats"] == row["timing"]["torch"]["repeats"] == 2
+    assert row["images_per_s"] == pytest.approx(8e3 / row["ms_per_step"])
+    assert row["jax_over_torch"] == pytest.approx(row["torch_ms_per_step"] / row["ms_per_step"])
+    # XLA's FLOPs of the compiled step agree with the textbook 6 x MACs x batch (per device), so
+    # MFU's numerator is the step's real work.
+    assert 0.9 < row["step_flops_xla"] / row["step_flops_6macs"] < 1.3
+    step_s = row["ms_per_step"] / 1e3
+    assert row["mfu"] == pytest.approx(row["step_flops_xla"] / step_s / (row["peak_tflops"] * 1e12))
+    assert 0 < row["mfu"] < 1
+    assert row["xla_step_memory_gib"] > 0 and row["peak_memory_gib"] > 0
+    assert "| resnet20 | 8 | 32 | float32 |" in capsys.readouterr().out
+
+
+def test_peak_override_and_unknown_model():
+    assert bench.peak_tflops("bfloat16", 123.0) == (123.0, "--peak_tflops")
+    with pytest.raises(ValueError, match="no PyTorch twin for 'resnet9000'"):
+        torch_resnet.build("resnet9000", 10)
