@@ -76,17 +76,27 @@ def main(argv: list[str] | None = None) -> int:
     elif args.multihost:
         jax.distributed.initialize()  # TPU VM pods, SLURM, ...: detected from the environment
 
-    from resnet_jax.checkpoint import CheckpointMismatchError
+    from resnet_jax.checkpoint import CheckpointMismatchError, CheckpointSaveError, is_disk_full
     from resnet_jax.data import DataError
     from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
+    from resnet_jax.training.pretrained import PretrainedError
 
+    bad_input = (
+        DataError, CheckpointMismatchError, CheckpointSaveError, PretrainedError, ConfigError
+    )
     try:
         summary = train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps)
     except TrainingDivergedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (DataError, CheckpointMismatchError) as e:  # bad input: say what and how to fix it
+    except bad_input as e:  # bad input: say what and how to fix it
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # TensorFlow's summary writer reports ENOSPC as its own error type
+        if not is_disk_full(e):
+            raise
+        print(f"error: disk full while writing to {args.workdir}; free space and run the same "
+              "command again to resume from the last checkpoint", file=sys.stderr)
         return 2
     if jax.process_index() == 0:
         print("final: " + json.dumps(summary), flush=True)

@@ -28,7 +28,7 @@ import jax  # noqa: E402
 
 from resnet_jax import data  # noqa: E402
 from resnet_jax.data import testing  # noqa: E402
-from resnet_jax.training import loop, optim, recipes, train_and_evaluate  # noqa: E402
+from resnet_jax.training import build, optim, recipes, train_and_evaluate  # noqa: E402
 from resnet_jax.training.step import (  # noqa: E402
     DataParallel,
     create_train_state,
@@ -54,7 +54,7 @@ def config_for(args: argparse.Namespace, data_dir: str):
 
 def synthetic(config, batch: dict, steps: int, warmup: int) -> list[float]:
     """Seconds per step of the loop's step on one device-resident batch (chunks of ``steps``)."""
-    model = loop.create_model(config, 10, "float32")
+    model = build.create_model(config, 10, "float32")
     lr_fn = optim.create_learning_rate_fn(config, 390)
     tx = optim.create_optimizer(config, lr_fn)
     dp = DataParallel(config.parallel)

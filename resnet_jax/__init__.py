@@ -2,10 +2,13 @@
 
     model = resnet_jax.create_model("resnet50", num_classes=1000)
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False)
+    run = resnet_jax.load_run("runs/quickstart")   # a trained run: spec, variables, model()
 """
 
+from resnet_jax import inference
+from resnet_jax.inference import InferenceSpec, load_run
 from resnet_jax.models import *  # noqa: F403
 from resnet_jax.models import __all__ as _models_all
 
-__all__ = list(_models_all)
+__all__ = [*_models_all, "InferenceSpec", "inference", "load_run"]
 __version__ = "0.1.0"

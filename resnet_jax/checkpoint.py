@@ -13,8 +13,10 @@ Restoring checks the saved tree (paths and shapes) against the target first and 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
@@ -27,6 +29,24 @@ PyTree = Any
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model/config it is restored into."""
+
+
+class CheckpointSaveError(OSError):
+    """A checkpoint could not be written (disk full, permissions); earlier ones are intact."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` or anything in its cause/context chain is ENOSPC (orbax and tensorstore
+    re-raise the OSError of a full disk wrapped in their own exceptions)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(error) or "ENOSPC" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _path_str(path: tuple) -> str:
@@ -128,14 +148,34 @@ class Checkpointer:
         metrics: dict[str, float] | None = None,
     ) -> None:
         """Starts saving ``state`` at ``step`` (returns once device arrays are copied)."""
-        self._mgr.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            metrics=metrics,
-            force=True,
-        )
+        with self._write_errors(step):
+            self._mgr.save(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)
+                ),
+                metrics=metrics,
+                force=True,
+            )
+
+    @contextlib.contextmanager
+    def _write_errors(self, step: int | None) -> Iterator[None]:
+        """A failed write becomes one CheckpointSaveError that says what is still safe."""
+        try:
+            yield
+        except Exception as e:
+            if not (is_disk_full(e) or isinstance(e, OSError)):
+                raise
+            kept = [s for s in self._mgr.all_steps(read=True) if s != step]
+            what = "disk full" if is_disk_full(e) else f"cannot write ({e})"
+            which = f"step {step}" if step is not None else "a checkpoint"
+            raise CheckpointSaveError(
+                f"{what} while saving {which} to {self.directory}; "
+                + (f"the earlier checkpoints (steps {kept}) are intact" if kept
+                   else "no earlier checkpoint exists")
+                + ": free space (or use another --workdir) and run the same command again to "
+                "resume"
+            ) from e
 
     def read_meta(self, step: int | None = None) -> dict[str, Any]:
         step = self.latest_step() if step is None else step
@@ -177,10 +217,12 @@ class Checkpointer:
 
     def wait(self) -> None:
         """Blocks until pending async saves are committed."""
-        self._mgr.wait_until_finished()
+        with self._write_errors(None):
+            self._mgr.wait_until_finished()
 
     def close(self) -> None:
-        self._mgr.wait_until_finished()
+        with self._write_errors(None):
+            self._mgr.wait_until_finished()
         self._mgr.close()
 
 

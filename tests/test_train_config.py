@@ -170,3 +170,11 @@ def test_xla_flags_after_jax_started_are_an_error_not_a_silent_no_op(monkeypatch
     monkeypatch.setattr(cfg, "gpu_plugin_installed", lambda: True)
     assert cfg.apply_xla_flags(c) == [] and "cannot take effect" in caplog.text
     assert "XLA_FLAGS" not in os.environ
+
+
+def test_runs_saved_before_a_key_existed_still_resume():
+    """A checkpoint's config without a key added since (e.g. ``frozen``) means its default."""
+    current = to_dict(default_config())
+    older = {k: v for k, v in current.items() if k not in ("frozen", "init_from")}
+    assert config_diff(older, current) == {}
+    assert set(config_diff(older, dict(current, frozen="^layer1/"))) == {"frozen"}

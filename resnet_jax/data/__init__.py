@@ -12,7 +12,14 @@ See docs/input_pipeline.md.
 
 from resnet_jax.data.augment import PRESETS
 from resnet_jax.data.eval_views import PAPER_SCALES, VIEWS
-from resnet_jax.data.pipeline import Dataset, Options, create_dataset, normalizer
+from resnet_jax.data.pipeline import (
+    Dataset,
+    Options,
+    create_dataset,
+    normalization_stats,
+    normalizer,
+    normalizer_from_stats,
+)
 from resnet_jax.data.sources import (
     CorruptImageError,
     DataError,
@@ -31,5 +38,7 @@ __all__ = [
     "create_dataset",
     "digits_split_indices",
     "find_corrupt_images",
+    "normalization_stats",
     "normalizer",
+    "normalizer_from_stats",
 ]

@@ -41,7 +41,7 @@ try:
 except RuntimeError:  # already initialised by someone else; nothing to hide then
     pass
 
-NORMALIZATIONS = ("mean_std", "per_pixel_mean", "none")
+NORMALIZATIONS = ("mean_std", "per_pixel_mean", "imagenet", "none")
 # Per-channel statistics on [0, 1] pixels of the training sets.
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 KNOWN_MEAN_STD = {
@@ -61,10 +61,12 @@ class Options:
     Normalisation: ``normalization`` is ``"mean_std"`` (per channel; ``mean``/``std`` override
     the defaults: known constants for cifar10/cifar100, ImageNet's for imagenet-like and other
     large tfds data, estimated from the training split for folders and digits),
-    ``"per_pixel_mean"`` (subtract the training set's mean image, 2015 paper §4.2), or ``"none"``
-    ([0, 1] pixels). ``stats_split`` (default ``"train"``) and ``stats_max_examples`` (default
-    2,000 evenly spaced images for mean/std, 50,000 for the mean image) choose the images the
-    estimates come from.
+    ``"per_pixel_mean"`` (subtract the training set's mean image, 2015 paper §4.2), ``"imagenet"``
+    (ImageNet's mean/std, what torchvision's weights expect) or ``"none"`` ([0, 1] pixels).
+    ``stats_split`` (default ``"train"``) and ``stats_max_examples`` (default 2,000 evenly
+    spaced images for mean/std, 50,000 for the mean image) choose the images the estimates come
+    from. ``normalization_stats``: resolved statistics to use as they are (runs record them, see
+    ``normalization_stats()``), so nothing is estimated.
 
     Augmentation: ``flip``; ``cifar_pad`` (4); ``scale_range`` ((256, 480) for a 224 output,
     scaled with image_size); ``lighting_std`` (0.1; 0 disables); ``area_range`` ((0.08, 1)) and
@@ -88,6 +90,7 @@ class Options:
     """
 
     normalization: str = "mean_std"
+    normalization_stats: dict[str, Any] | None = None
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     stats_split: str | None = None
@@ -123,7 +126,8 @@ class Dataset:
     Attributes: ``num_classes``, ``class_names``, ``num_examples`` (whole split, all processes),
     ``steps_per_epoch`` (train: ``num_examples // global_batch_size``; eval: batches covering the
     split once), ``global_batch_size``, ``local_batch_size``, ``skipped_files`` (files skipped
-    with ``skip_corrupt``), ``tf_dataset`` (the underlying tf.data.Dataset of tensors).
+    with ``skip_corrupt``), ``normalization`` (the statistics applied, see
+    ``normalization_stats``), ``tf_dataset`` (the underlying tf.data.Dataset of tensors).
 
     Iterating yields dicts of numpy arrays local to this process (L = local batch):
     ``"image"``: [L, H, W, 3] float32/bfloat16, normalised ("ten_crop": [L, 10, H, W, 3]; the
@@ -144,6 +148,7 @@ class Dataset:
         global_batch_size: int,
         local_batch_size: int,
         view_sizes: tuple[int, ...],
+        normalization: dict[str, Any],
     ):
         self.tf_dataset = tf_dataset
         self.source = source
@@ -154,6 +159,7 @@ class Dataset:
         self.global_batch_size = global_batch_size
         self.local_batch_size = local_batch_size
         self.view_sizes = view_sizes
+        self.normalization = normalization
         self.skipped_files: list[str] = list(getattr(source, "skipped_files", []))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -278,25 +284,31 @@ def _estimate_stats(
     return _STATS_CACHE[key]
 
 
-def normalizer(name: str, data_dir: str | None, image_size: int, split: str, opts: Options):
-    """The normalisation the pipeline applies for this dataset and options: a function from a
-    float image [..., h, w, 3] in [0, 1] to the normalised image (statistics of ``split`` where
-    they are estimated). ``predict`` uses it so single files match the training stream."""
+def normalization_stats(
+    name: str, data_dir: str | None, image_size: int, split: str, opts: Options
+) -> dict[str, Any]:
+    """The normalisation this dataset and options stand for, resolved to numbers: one of
+    ``{"kind": "none"}``, ``{"kind": "mean_std", "mean": [3], "std": [3]}`` (per channel, on
+    [0, 1] pixels) or ``{"kind": "per_pixel_mean", "mean_image": float32 [H, W, 3]}``.
+
+    ``opts.normalization_stats`` (a dict of this form, e.g. recorded with a run) is used as it
+    is; otherwise statistics are estimated from the training split where needed (folders,
+    digits). Runs record the result so inference never re-reads the training data.
+    """
+    if opts.normalization_stats is not None:
+        return check_normalization_stats(opts.normalization_stats)
     if opts.normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {opts.normalization}")
     if opts.normalization == "none":
-        return lambda img: img
+        return {"kind": "none"}
     if opts.normalization == "per_pixel_mean":
         # 2015 paper §4.2 (CIFAR) and §3.4 (ImageNet): "the per-pixel mean subtracted".
         mean_img = _estimate_stats(name, data_dir, image_size, opts, split, 50_000)[0]
-
-        def sub_mean(img):
-            hw = tuple(img.shape[-3:-1])
-            m = mean_img if hw == mean_img.shape[:2] else tf.image.resize(mean_img, hw)
-            return img - tf.constant(m, tf.float32)
-
-        return sub_mean
-    if opts.mean is not None or opts.std is not None:
+        return {"kind": "per_pixel_mean", "mean_image": mean_img}
+    if opts.normalization == "imagenet":
+        # What torchvision's (and timm's) ImageNet weights expect, on [0, 1] pixels.
+        mean, std = IMAGENET_MEAN_STD
+    elif opts.mean is not None or opts.std is not None:
         if opts.mean is None or opts.std is None:
             raise ValueError("pass both mean and std (per channel, for [0, 1] pixels)")
         mean, std = opts.mean, opts.std
@@ -306,9 +318,52 @@ def normalizer(name: str, data_dir: str | None, image_size: int, split: str, opt
         _, mean, std = _estimate_stats(name, data_dir, image_size, opts, split, 2_000)
     else:
         mean, std = IMAGENET_MEAN_STD
-    mean_t = tf.constant(np.asarray(mean, np.float32).reshape(3))
-    inv_std = tf.constant(1.0 / np.asarray(std, np.float32).reshape(3))
+    return {"kind": "mean_std", "mean": [float(m) for m in np.reshape(mean, 3)],
+            "std": [float(s) for s in np.reshape(std, 3)]}
+
+
+def check_normalization_stats(stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` if it is a well-formed normalisation (see ``normalization_stats``), else a
+    ``ValueError`` naming what is wrong."""
+    kind = stats.get("kind") if isinstance(stats, dict) else None
+    if kind == "none":
+        return stats
+    if kind == "mean_std" and np.shape(stats.get("mean")) == (3,) and np.shape(
+        stats.get("std")
+    ) == (3,):
+        return stats
+    if kind == "per_pixel_mean" and np.ndim(stats.get("mean_image")) == 3:
+        return stats
+    raise ValueError(
+        f"malformed normalisation statistics {str(stats)[:200]}: expected kind 'none', "
+        "'mean_std' with 3 means and stds, or 'per_pixel_mean' with an [H, W, 3] mean image"
+    )
+
+
+def normalizer_from_stats(stats: dict[str, Any]):
+    """A function from a float image [..., h, w, 3] in [0, 1] to the normalised image."""
+    stats = check_normalization_stats(stats)
+    if stats["kind"] == "none":
+        return lambda img: img
+    if stats["kind"] == "per_pixel_mean":
+        mean_img = np.asarray(stats["mean_image"], np.float32)
+
+        def sub_mean(img):
+            hw = tuple(img.shape[-3:-1])
+            m = mean_img if hw == mean_img.shape[:2] else tf.image.resize(mean_img, hw)
+            return img - tf.constant(m, tf.float32)
+
+        return sub_mean
+    mean_t = tf.constant(np.asarray(stats["mean"], np.float32).reshape(3))
+    inv_std = tf.constant(1.0 / np.asarray(stats["std"], np.float32).reshape(3))
     return lambda img: (img - mean_t) * inv_std
+
+
+def normalizer(name: str, data_dir: str | None, image_size: int, split: str, opts: Options):
+    """The normalisation the pipeline applies for this dataset and options: a function from a
+    float image [..., h, w, 3] in [0, 1] to the normalised image (statistics of ``split`` where
+    they are estimated)."""
+    return normalizer_from_stats(normalization_stats(name, data_dir, image_size, split, opts))
 
 
 def _example_seed(seed: int, epoch: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
@@ -475,7 +530,8 @@ def create_dataset(
     local_batch = global_batch_size // pcount
 
     source = open_source(name, split, data_dir, opts)
-    normalize = normalizer(name, data_dir, image_size, split, opts)
+    stats = normalization_stats(name, data_dir, image_size, split, opts)
+    normalize = normalizer_from_stats(stats)
     out_dtype = tf.bfloat16 if dtype == "bfloat16" else tf.float32
     n = len(source) if isinstance(source, IndexSource) else source.num_examples
 
@@ -601,4 +657,5 @@ def create_dataset(
         global_batch_size=global_batch_size,
         local_batch_size=local_batch,
         view_sizes=view_sizes,
+        normalization=stats,
     )

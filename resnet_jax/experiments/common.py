@@ -212,25 +212,19 @@ def final_train_error(curve: list[list[float]], fraction: float = 0.1) -> float:
 
 def load_trained(workdir: str) -> tuple[Any, dict[str, Any], ml_collections.ConfigDict]:
     """(model for single-device use, variables, config) of the newest checkpoint in a run."""
-    import resnet_jax
-    from resnet_jax.training.evaluate import load_run
+    from resnet_jax.inference import load_run
 
-    config, variables, _ = load_run(workdir)
-    model = resnet_jax.create_model(
-        config.model, num_classes=CIFAR_CLASSES, **config.model_kwargs.to_dict()
-    )
-    return model, jax.tree.map(np.asarray, variables), config
+    run = load_run(workdir)
+    return run.model(), jax.tree.map(np.asarray, run.variables), run.config
 
 
 def eval_batch(config: ml_collections.ConfigDict, size: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``size`` test images of ``config``'s data, preprocessed as in its evaluation."""
-    from resnet_jax import data
+    from resnet_jax.training import build
 
-    ds = data.create_dataset(
-        config.dataset, config.eval_split, global_batch_size=size, train=False,
-        image_size=config.image_size, data_dir=config.data_dir or None,
-        eval_view=config.eval_view, device_count=1, **config.dataset_options.to_dict(),
-    )
+    config = config.copy_and_resolve_references()
+    config.dataset_options.device_count = 1
+    ds = build.create_eval_dataset(config, config.eval_split, batch_size=size)
     batch = next(iter(ds))
     keep = batch["mask"].astype(bool) if "mask" in batch else slice(None)
     return np.asarray(batch["image"][keep]), np.asarray(batch["label"][keep])

@@ -64,6 +64,9 @@ class ResidualUnit(nn.Module):
       dropout_rate: dropout between the branch's last two convs (Wide ResNet, Zagoruyko 2016 §2.4).
       bn_momentum, bn_epsilon: BatchNorm running-average momentum (Flax convention: 0.9 equals
         PyTorch's 0.1) and epsilon.
+      frozen_bn: BN normalises with its running statistics in training too and never updates
+        them, as detection backbones and small-batch fine-tuning do (torchvision's
+        ``FrozenBatchNorm2d``); BN scale and bias stay parameters.
       dtype, param_dtype: computation and parameter dtypes (BN statistics are always float32).
       axis_name: mapped axis over which BN statistics are averaged (cross-device BN), or None.
       conv_impl: convolution backward pass: ``auto`` (``cpu_fast`` on the CPU backend, else
@@ -86,6 +89,7 @@ class ResidualUnit(nn.Module):
     dropout_rate: float = 0.0
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    frozen_bn: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     axis_name: str | None = None
@@ -115,8 +119,9 @@ class ResidualUnit(nn.Module):
 
     def _norm(self, train: bool, zero_init: bool = False, name: str | None = None) -> BatchNorm:
         return BatchNorm(
-            use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-            dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name,
+            use_running_average=not train or self.frozen_bn, momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+            axis_name=self.axis_name,
             scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones, name=name,
         )
 

@@ -104,6 +104,9 @@ class ResNet(nn.Module):
       width_multiplier: multiplies stage_widths (Wide ResNet's k).
       order, shortcut, stride_in_1x1, avg_down, groups, base_width, zero_init_residual,
       bn_momentum, bn_epsilon, dtype, param_dtype, axis_name: see ``ResidualUnit``.
+      frozen_bn: every BN (stem and units) normalises with its running statistics in training
+        too and never updates them, as detection backbones and small-batch fine-tuning do
+        (torchvision's ``FrozenBatchNorm2d``); parameters are unchanged.
       drop_path_rate: stochastic depth of the last unit; unit l of L gets l/L of it (the linear
         decay rule of Huang et al. 2016, Eq. 4). Needs a ``dropout`` rng in training.
       block_dropout_rate: dropout inside each residual branch (Wide ResNet).
@@ -148,6 +151,7 @@ class ResNet(nn.Module):
     remat: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    frozen_bn: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     axis_name: str | None = None
@@ -167,8 +171,9 @@ class ResNet(nn.Module):
 
     def _norm(self, train: bool, name: str) -> BatchNorm:
         return BatchNorm(
-            use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-            dtype=self.dtype, param_dtype=self.param_dtype, axis_name=self.axis_name, name=name,
+            use_running_average=not train or self.frozen_bn, momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
+            axis_name=self.axis_name, name=name,
         )
 
     def _conv(self, features: int, kernel: int, strides: int, name: str) -> nn.Conv:
@@ -212,8 +217,8 @@ class ResNet(nn.Module):
             stride_in_1x1=self.stride_in_1x1, avg_down=self.avg_down, groups=self.groups,
             base_width=self.base_width, zero_init_residual=self.zero_init_residual,
             dropout_rate=self.block_dropout_rate, bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-            axis_name=self.axis_name, conv_impl=self.conv_impl,
+            bn_epsilon=self.bn_epsilon, frozen_bn=self.frozen_bn, dtype=self.dtype,
+            param_dtype=self.param_dtype, axis_name=self.axis_name, conv_impl=self.conv_impl,
         )
         total_units = sum(self.stage_sizes)
         done = 0

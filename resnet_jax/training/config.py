@@ -13,7 +13,9 @@ import ast
 import difflib
 import importlib.util
 import json
+import math
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,6 +66,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Model: any name from resnet_jax.list_models(); model_kwargs go to create_model.
     c.model = "resnet50"
     c.model_kwargs = ml_collections.ConfigDict()
+    # Start from pretrained weights: a workdir or checkpoint dir (PATH@STEP), or a PyTorch
+    # .pth/.pt/.th state_dict; weights only, the run starts at step 0 (docs/training.md).
+    c.init_from = ""
     # Data: see resnet_jax.data.create_dataset.
     c.dataset = "imagenet2012"
     c.data_dir = ""  # "" -> the dataset's default location
@@ -87,6 +92,11 @@ def default_config() -> ml_collections.ConfigDict:
     c.wd_exclude_bn_and_bias = False
     c.label_smoothing = 0.0
     c.grad_clip_norm = 0.0  # 0 -> no clipping
+    # Fine-tuning (docs/training.md#fine-tuning). Parameters are named by their '/'-joined path
+    # in params, e.g. layer1/block0/conv1/kernel, fc/bias.
+    c.frozen = ""  # re.search regex: matching params get no update, momentum or decay; "" -> none
+    c.lr_multipliers = ""  # "REGEX=FACTOR;REGEX=FACTOR": lr x FACTOR, first match wins; "" -> none
+    c.frozen_bn_stats = False  # BN uses (and never updates) its running statistics in training
     # Learning-rate schedule. lr_boundaries and warmup_length are in schedule_unit.
     c.schedule = "cosine"
     c.schedule_unit = "epochs"
@@ -265,7 +275,48 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.warmup_length must be >= 0")
     if list(config.lr_boundaries) != sorted(config.lr_boundaries):
         raise ConfigError(f"config.lr_boundaries must increase, got {config.lr_boundaries}")
+    _check_regex("frozen", config.frozen)
+    parse_lr_multipliers(config.lr_multipliers)
     xla_flags_for(config.xla_flags)
+
+
+def _check_regex(key: str, pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"config.{key}: {pattern!r} is not a valid regex: {e}") from None
+
+
+def parse_lr_multipliers(spec: str) -> list[tuple[str, float]]:
+    """``config.lr_multipliers`` as (regex, factor) pairs, in order (the first match wins).
+
+    Entries are separated by ';' and split at their last '=' (a regex may contain '='), so a
+    regex cannot contain ';'. A malformed entry, a bad regex or a factor that is not a finite
+    number >= 0 is a ConfigError.
+    """
+    example = "e.g. --config.lr_multipliers='^layer4/=0.5;^(?!fc/)=0.1'"
+    pairs = []
+    for entry in spec.split(";"):
+        entry = entry.strip()
+        if not entry:  # tolerate "a=1;" and the empty default
+            continue
+        regex, sep, raw = entry.rpartition("=")
+        if not sep or not regex:
+            raise ConfigError(
+                f"config.lr_multipliers: entry {entry!r} is not REGEX=FACTOR ({example})"
+            )
+        try:
+            factor = float(raw)
+        except ValueError:
+            factor = math.nan
+        if not math.isfinite(factor) or factor < 0:
+            raise ConfigError(
+                f"config.lr_multipliers: factor {raw!r} of entry {entry!r} is not a number "
+                f">= 0 ({example})"
+            )
+        _check_regex("lr_multipliers", regex)
+        pairs.append((regex, factor))
+    return pairs
 
 
 # Recommended on GPUs (JAX "GPU performance tips"; the default of NVIDIA's JAX-Toolbox images):
@@ -331,11 +382,39 @@ def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json())
 
 
+def config_from_dict(saved: dict[str, Any]) -> ml_collections.ConfigDict:
+    """The config of a saved ``to_dict`` (a checkpoint's), on top of today's defaults, so keys
+    added since that run was saved take their default values."""
+    config = default_config()
+    config.update_from_flattened_dict(_flatten(saved))
+    return config
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            sub = _flatten(v, f"{prefix}{k}.")
+            if sub:
+                out.update(sub)
+            else:
+                out[f"{prefix}{k}"] = ml_collections.ConfigDict()
+        else:
+            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
+    return out
+
+
 def config_diff(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Keys whose values differ between two config dicts (``RESUMABLE_CHANGES`` ignored)."""
+    """Keys whose values differ between two config dicts (``RESUMABLE_CHANGES`` ignored).
+
+    A key added to ``default_config`` after ``saved`` was written counts as its default there,
+    so runs from before the key existed still resume.
+    """
+    defaults = to_dict(default_config())
     keys = (set(saved) | set(current)) - RESUMABLE_CHANGES
+    before = {k: saved.get(k, defaults.get(k)) for k in keys}
     return {
-        k: (saved.get(k), current.get(k))
+        k: (before[k], current.get(k))
         for k in sorted(keys)
-        if saved.get(k) != current.get(k)
+        if before[k] != current.get(k)
     }

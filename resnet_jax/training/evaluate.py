@@ -1,64 +1,62 @@
-"""Evaluate a checkpoint (or torchvision weights) on a split; prints top-1/top-5.
+"""Evaluate runs (one, or an ensemble) or torchvision weights on a split; prints top-1/top-5.
 
     python -m resnet_jax.training.evaluate --workdir runs/quickstart
     python -m resnet_jax.training.evaluate --workdir runs/r50 --view ten_crop --step best
+    python -m resnet_jax.training.evaluate --workdir runs/a --workdir runs/b --workdir runs/c
+    python -m resnet_jax.training.evaluate --workdir runs/ft --dataset folder --data_dir my_photos \
+        --split val
     python -m resnet_jax.training.evaluate --torchvision resnet50.pth --model resnet50 \
         --dataset imagenet2012 --split validation --image_size 224
 
-Views: "center" (single crop), "ten_crop" (2015 paper Table 3) and "multi_scale" (fully
-convolutional at several scales, Table 4); the softmax is averaged over views. The last line
-is ``result: {json}``.
+A run is evaluated with what its checkpoint recorded (class names, normalisation, eval
+preprocessing), on its own eval split or any split or folder with the same classes. Several
+``--workdir``s form an ensemble (2015 paper Sec. 3.4, Table 5): each model's and the ensemble's
+(averaged probabilities) top-1/top-5 are reported. Views: "center" (single crop), "ten_crop"
+(Table 3) and "multi_scale" (fully convolutional at several scales, Table 4); the softmax is
+averaged over views. The last line is ``result: {json}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
-from resnet_jax.training.config import apply_override, default_config
-from resnet_jax.training.step import DataParallel, make_eval_step
-
-
-def load_run(workdir: str, step: str = "latest") -> tuple[ml_collections.ConfigDict, Any, int]:
-    """(config, variables as numpy, step) of a checkpoint in ``<workdir>/checkpoints``."""
-    from resnet_jax.checkpoint import Checkpointer, load_numpy
-
-    directory = os.path.join(workdir, "checkpoints")
-    ckpt = Checkpointer(directory, read_only=True, async_save=False)
-    if step == "latest":
-        chosen = ckpt.latest_step()
-    elif step == "best":
-        chosen = ckpt.best_step()
-    else:
-        chosen = int(step)
-    ckpt.close()
-    if chosen is None:
-        raise FileNotFoundError(f"no {step} checkpoint in {directory}")
-    state, meta = load_numpy(directory, chosen)
-    config = default_config()
-    config.update_from_flattened_dict(_flatten(meta["config"]))
-    variables = {"params": state["params"], "batch_stats": state["batch_stats"]}
-    return config, variables, chosen
+from resnet_jax.data.eval_views import VIEWS
+from resnet_jax.inference import Run, RunError, load_run
+from resnet_jax.training import build
+from resnet_jax.training.config import ConfigError, apply_override, default_config
+from resnet_jax.training.step import DataParallel, make_ensemble_eval_step, make_eval_step
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            sub = _flatten(v, f"{prefix}{k}.")
-            if sub:
-                out.update(sub)
-            else:
-                out[f"{prefix}{k}"] = ml_collections.ConfigDict()
-        else:
-            out[f"{prefix}{k}"] = tuple(v) if isinstance(v, list) else v
-    return out
+def accuracy(sums: dict[str, Any]) -> dict[str, float]:
+    """Top-1/top-5/loss from an eval step's summed counts (host floats)."""
+    s = {k: float(v) for k, v in sums.items()}
+    n = max(s["count"], 1.0)
+    return {
+        "loss": s["loss_sum"] / n,
+        "top1": s["top1_sum"] / n,
+        "top5": s["top5_sum"] / n,
+        "num_examples": s["count"],
+    }
+
+
+def summed(eval_step, variables: Any, batches: Iterable[dict], dp: DataParallel) -> Any:
+    """The eval step's sums over every batch, on the host."""
+    sums = None
+    for batch in batches:
+        out = eval_step(variables, dp.shard_batch(batch))
+        sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+    if sums is None:
+        raise ValueError("the eval split yielded no batches")
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), sums)
 
 
 def run_eval(
@@ -68,32 +66,58 @@ def run_eval(
     split: str,
     view: str,
     batch_size: int,
+    spec=None,
     parallel: str = "shard_map",
 ) -> dict[str, float]:
-    """Top-1/top-5/loss of ``variables`` on ``split`` with the given view."""
-    from resnet_jax import data
-    from resnet_jax.training.loop import create_model, evaluate
-
-    ds = data.create_dataset(
-        config.dataset,
-        split,
-        global_batch_size=batch_size,
-        train=False,
-        image_size=config.image_size,
-        eval_view=view,
-        data_dir=config.data_dir or None,
-        seed=config.seed,
-        **config.dataset_options.to_dict(),
-    )
-    model = create_model(config, ds.num_classes, "float32")
+    """Top-1/top-5/loss of ``variables`` on ``split`` with the given view; with ``spec`` (a
+    run's), its recorded classes, normalisation and preprocessing."""
+    ds = build.create_eval_dataset(config, split, batch_size=batch_size, view=view, spec=spec)
+    model = spec.create_model() if spec is not None else build.create_model(
+        config, ds.num_classes)
     dp = DataParallel(parallel)
     eval_step = dp.eval_step(make_eval_step(model))
-    return evaluate(eval_step, dp.replicate(variables), ds, dp)
+    return accuracy(summed(eval_step, dp.replicate(variables), ds, dp))
+
+
+def run_ensemble(
+    runs: list[Run], config: ml_collections.ConfigDict, *, split: str, view: str, batch_size: int
+) -> dict[str, Any]:
+    """Each run's and the ensemble's metrics on one pass over ``split``."""
+    first = runs[0].spec
+    for run in runs[1:]:
+        if run.spec.class_names != first.class_names:
+            raise RunError(
+                f"cannot ensemble {runs[0].directory} and {run.directory}: their class lists "
+                "differ; an ensemble averages probabilities of the same classes"
+            )
+        if run.spec.image_size != first.image_size:
+            raise RunError(
+                f"cannot ensemble {runs[0].directory} (image_size {first.image_size}) and "
+                f"{run.directory} ({run.spec.image_size}): the views must be the same images"
+            )
+    # [0, 1] pixels in, each model normalises them its own way on the device.
+    ds = build.create_eval_dataset(
+        config, split, batch_size=batch_size, view=view, spec=first, normalize=False
+    )
+    dp = DataParallel("shard_map")
+    step = make_ensemble_eval_step([r.model() for r in runs], [r.spec.normalize for r in runs])
+    eval_step = dp.eval_step(step)
+    sums = summed(eval_step, dp.replicate([r.variables for r in runs]), ds, dp)
+    return {
+        "models": [accuracy(sums[f"model{i}"]) for i in range(len(runs))],
+        "ensemble": accuracy(sums["ensemble"]),
+    }
+
+
+def _line(name: str, r: dict[str, float]) -> str:
+    return (f"  {name}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%  "
+            f"({int(r['num_examples'])} images)")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workdir", help="a training run's workdir")
+    p.add_argument("--workdir", action="append", default=[],
+                   help="a training run's workdir (PATH@STEP for a step); repeat for an ensemble")
     p.add_argument("--step", default="latest", help="latest | best | a step number")
     p.add_argument("--torchvision", help="a torchvision state_dict (.pth) instead of --workdir")
     p.add_argument("--model", help="model name (with --torchvision)")
@@ -101,14 +125,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", help="dataset directory (default: the run's)")
     p.add_argument("--split", help="split (default: the run's eval split)")
     p.add_argument("--image_size", type=int, help="image size (default: the run's)")
-    p.add_argument("--view", default="center", choices=["center", "ten_crop", "multi_scale"])
+    p.add_argument("--view", default="center", choices=VIEWS)
     p.add_argument("--batch_size", type=int, default=0, help="global batch (default: the run's)")
     args = p.parse_args(argv)
     if bool(args.workdir) == bool(args.torchvision):
-        p.error("pass exactly one of --workdir and --torchvision")
+        p.error("pass --workdir (one or more) or --torchvision")
+    from resnet_jax.data import DataError
+
+    try:
+        return _evaluate(args, p)
+    except (RunError, DataError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _evaluate(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
+    runs: list[Run] = []
     if args.workdir:
-        config, variables, step = load_run(args.workdir, args.step)
-        source = f"{args.workdir} step {step}"
+        runs = [load_run(w, args.step) for w in args.workdir]
+        config = runs[0].config
+        if args.image_size:
+            for run in runs:
+                run.spec = dataclasses.replace(run.spec, image_size=args.image_size)
+        source = ", ".join(f"{r.directory} step {r.step}" for r in runs)
     else:
         import torch
 
@@ -133,11 +172,20 @@ def main(argv: list[str] | None = None) -> int:
             apply_override(config, f"{key}={value}")
     batch = args.batch_size or config.eval_batch_size or config.global_batch_size
     batch = max(batch // jax.device_count(), 1) * jax.device_count()
-    result = run_eval(config, variables, split=config.eval_split, view=args.view, batch_size=batch)
-    result.update(source=source, split=config.eval_split, view=args.view, model=config.model)
-    print(f"{config.model} on {config.dataset}/{config.eval_split} ({args.view}, {source}):")
-    print(f"  top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
-          f"({int(result['num_examples'])} images)")
+    split, view = config.eval_split, args.view
+    print(f"{config.model} on {config.dataset}/{split} ({view}, {source}):")
+    if len(runs) > 1:
+        result: dict[str, Any] = run_ensemble(runs, config, split=split, view=view,
+                                              batch_size=batch)
+        for run, r in zip(runs, result["models"], strict=True):
+            print(_line(f"{run.directory} step {run.step}", r))
+        print(_line(f"ensemble of {len(runs)}", result["ensemble"]))
+    else:
+        variables = runs[0].variables if runs else variables
+        result = run_eval(config, variables, split=split, view=view, batch_size=batch,
+                          spec=runs[0].spec if runs else None)
+        print(_line("result", result))
+    result.update(source=source, split=split, view=view, model=config.model)
     print("result: " + json.dumps(result), flush=True)
     return 0
 

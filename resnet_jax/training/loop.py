@@ -17,12 +17,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
-from resnet_jax.training import optim
+from resnet_jax.inference import InferenceSpec
+from resnet_jax.training import build, optim, pretrained
 from resnet_jax.training.config import apply_xla_flags, config_diff, to_dict, validate
 from resnet_jax.training.metrics import MetricWriter, Progress
 from resnet_jax.training.step import (
@@ -40,76 +39,13 @@ class TrainingDivergedError(FloatingPointError):
     """The loss or the gradients became NaN or Inf."""
 
 
-def resolve_precision(precision: str) -> str:
-    """'auto' -> bfloat16 on TPU/GPU (f32 master weights and BN statistics), float32 on CPU."""
-    if precision != "auto":
-        return precision
-    return "bfloat16" if jax.default_backend() in ("tpu", "gpu", "cuda", "rocm") else "float32"
-
-
-def create_model(config: ml_collections.ConfigDict, num_classes: int, precision: str):
-    """The network of ``config.model`` with the compute dtype and BN axis of this run."""
-    import resnet_jax
-
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[precision]
-    return resnet_jax.create_model(
-        config.model,
-        num_classes=num_classes,
-        dtype=dtype,
-        axis_name="batch" if config.sync_bn else None,  # sync BN: statistics of the global batch
-        **config.model_kwargs.to_dict(),
-    )
-
-
-def create_datasets(config: ml_collections.ConfigDict, start_step: int, precision: str):
-    """(train, eval) datasets; the train stream starts at ``start_step`` (data position)."""
-    from resnet_jax import data
-
-    common = dict(
-        image_size=config.image_size,
-        data_dir=config.data_dir or None,
-        seed=config.seed,
-        dtype="bfloat16" if precision == "bfloat16" else "float32",
-        **config.dataset_options.to_dict(),
-    )
-    train_ds = data.create_dataset(
-        config.dataset,
-        config.train_split,
-        global_batch_size=config.global_batch_size,
-        train=True,
-        augment=config.augment,
-        start_step=start_step,
-        **common,
-    )
-    eval_ds = data.create_dataset(
-        config.dataset,
-        config.eval_split,
-        global_batch_size=config.eval_batch_size or config.global_batch_size,
-        train=False,
-        eval_view=config.eval_view,
-        **common,
-    )
-    return train_ds, eval_ds
-
-
 def evaluate(
     eval_step: Callable, variables: Any, batches: Iterable[dict], dp: DataParallel
 ) -> dict[str, float]:
     """Top-1/top-5 accuracy and loss over every (unpadded) example of ``batches``."""
-    sums = None
-    for batch in batches:
-        out = eval_step(variables, dp.shard_batch(batch))
-        sums = out if sums is None else jax.tree.map(jnp.add, sums, out)
-    if sums is None:
-        raise ValueError("the eval split yielded no batches")
-    s = jax.tree.map(lambda x: float(np.asarray(x.addressable_shards[0].data)), sums)
-    n = max(s["count"], 1.0)
-    return {
-        "loss": s["loss_sum"] / n,
-        "top1": s["top1_sum"] / n,
-        "top5": s["top5_sum"] / n,
-        "num_examples": s["count"],
-    }
+    from resnet_jax.training.evaluate import accuracy, summed
+
+    return accuracy(summed(eval_step, variables, batches, dp))
 
 
 class _Preemption:
@@ -162,7 +98,7 @@ def train_and_evaluate(
     apply_xla_flags(config)  # a no-op where train.py applied them or JAX has started ("auto")
     lead = jax.process_index() == 0
     workdir = os.path.abspath(workdir)
-    precision = resolve_precision(config.precision)
+    precision = build.resolve_precision(config.precision)
     cfg = to_dict(config)
 
     # Resume: the newest complete checkpoint gives the step, and so the data position.
@@ -173,23 +109,34 @@ def train_and_evaluate(
         async_save=config.async_checkpointing,
     )
     start_step = ckpt.latest_step() or 0
+    normalization = None  # None: what the config implies; else recorded statistics
+    init_source = None
     if start_step:
-        changed = config_diff(ckpt.read_meta(start_step)["config"], cfg)
+        saved_meta = ckpt.read_meta(start_step)
+        changed = config_diff(saved_meta["config"], cfg)
         if changed:
             raise CheckpointMismatchError(
                 f"{workdir} holds a run with a different config; changed keys "
                 + ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
                 + ". Use a new --workdir (or restore the old values)."
             )
+        if "inference" in saved_meta:  # the statistics this run trained with, not re-estimated
+            normalization = InferenceSpec.from_json(saved_meta["inference"]).normalization
+    elif config.init_from:
+        init_source = pretrained.open_source(
+            config.init_from, model_name=config.model, model_kwargs=config.model_kwargs.to_dict()
+        )
+        normalization = init_source.normalization  # our runs: keep the pretrained statistics
     if lead:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
 
-    train_ds, eval_ds = create_datasets(config, start_step, precision)
+    train_ds, eval_ds = build.create_datasets(config, start_step, precision, normalization)
+    spec = build.inference_spec(config, train_ds)
     steps_per_epoch = train_ds.steps_per_epoch
     num_steps = optim.total_steps(config, steps_per_epoch)
-    model = create_model(config, train_ds.num_classes, precision)
+    model = build.create_model(config, train_ds.num_classes, precision)
     lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
     tx = optim.create_optimizer(config, lr_fn)
 
@@ -208,11 +155,28 @@ def train_and_evaluate(
         (config.image_size, config.image_size, 3),
         config.loss_scale_init if fp16 else 1.0,
     )
+    init_message = ""
     if start_step:
         state = _restore(ckpt, dp, init_fn, start_step)
+        if config.init_from:
+            init_message = f"init_from ignored: resuming this workdir's run at step {start_step}"
     else:
         state = dp.init_state(init_fn)
-    meta = {"config": cfg, "model": config.model, "num_classes": train_ds.num_classes}
+        if init_source is not None:
+            fresh = dp.unreplicate({"params": state.params, "batch_stats": state.batch_stats})
+            loaded = pretrained.merge(init_source, fresh, target_name=config.model,
+                                      class_names=tuple(train_ds.class_names))
+            state = state.replace(
+                params=dp.replicate(loaded.variables["params"]),
+                batch_stats=dp.replicate(loaded.variables["batch_stats"]),
+            )
+            init_message = loaded.summary + _normalization_note(init_source, spec)
+    meta = {
+        "config": cfg,
+        "model": config.model,
+        "num_classes": train_ds.num_classes,
+        "inference": spec.to_json(),
+    }
 
     train_step = dp.train_step(
         make_train_step(
@@ -235,6 +199,10 @@ def train_and_evaluate(
         f"({jax.process_count()} processes), {config.parallel}, {precision}"
         + (f"; resumed from step {start_step}" if start_step else "")
     )
+    if init_message:
+        progress.log(init_message)
+    if config.frozen or config.lr_multipliers:
+        progress.log(optim.describe_param_groups(dp.unreplicate(state.params), config))
 
     metrics = dp.init_metrics()
     last_train: dict[str, float] = {}
@@ -347,6 +315,13 @@ def train_and_evaluate(
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return summary
+
+
+def _normalization_note(source: pretrained.Source, spec: InferenceSpec) -> str:
+    kind = spec.normalization["kind"]
+    if source.normalization is not None:
+        return f"; normalisation: the pretrained run's ({kind})"
+    return f"; normalisation: this config's ({kind}; torchvision weights expect 'imagenet')"
 
 
 def _restore(ckpt: Checkpointer, dp: DataParallel, init_fn: Callable, step: int) -> TrainState:

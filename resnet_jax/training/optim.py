@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
+
+from resnet_jax.training.config import ConfigError, parse_lr_multipliers
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -70,13 +75,120 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
-def create_optimizer(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
-) -> optax.GradientTransformation:
-    """SGD with momentum and (masked) L2 weight decay (He et al. 2015, Sec. 3.4)."""
+# Labels of optax.multi_transform's parameter groups (they name the optimizer-state subtrees).
+FROZEN_LABEL = "frozen"
+TRAIN_LABEL = "train"
+
+
+def _multiplier_label(index: int) -> str:
+    return f"lr_multiplier_{index}"
+
+
+def _key_name(key: Any) -> str:
+    if isinstance(key, jax.tree_util.DictKey | jax.tree_util.FlattenedIndexKey):
+        return str(key.key)
+    if isinstance(key, jax.tree_util.GetAttrKey):
+        return key.name
+    if isinstance(key, jax.tree_util.SequenceKey):
+        return str(key.idx)
+    return str(key)
+
+
+def param_path(path: Sequence[Any]) -> str:
+    """A jax key path as the name ``config.frozen``/``lr_multipliers`` match, e.g.
+    ``layer1/block0/conv1/kernel`` (``layer1/blocks/unit/conv1/kernel`` in scanned stages)."""
+    return "/".join(_key_name(k) for k in path)
+
+
+def _param_paths(params: Any) -> list[str]:
+    return [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def _no_match_error(key: str, regex: str, paths: list[str]) -> ConfigError:
+    # A unit's kernel and the head's last parameter: the two kinds of names people match.
+    deep = next((p for p in paths if p.endswith("kernel") and p.count("/") >= 3), paths[0])
+    shallow = [p for p in paths if p.count("/") <= 1] or paths
+    examples = ", ".join(dict.fromkeys([deep, shallow[-1]]))
+    return ConfigError(
+        f"config.{key}={regex!r} matches no parameter; parameter paths look like {examples} "
+        "(see docs/training.md#fine-tuning)"
+    )
+
+
+def param_labels(params: Any, config: ml_collections.ConfigDict) -> Any:
+    """The params tree with each leaf replaced by its optimizer group: ``"frozen"`` (matched by
+    ``config.frozen``), ``"lr_multiplier_<i>"`` (first matching entry i of
+    ``config.lr_multipliers``) or ``"train"``.
+
+    A regex that matches no parameter, or a ``frozen`` regex that matches every parameter,
+    is a ConfigError (a typo would otherwise silently train everything, or nothing).
+    """
+    paths = _param_paths(params)
+    if not paths:
+        raise ConfigError("the model has no parameters to optimize")
+    multipliers = parse_lr_multipliers(config.lr_multipliers)
+    frozen = re.compile(config.frozen) if config.frozen else None
+    compiled = [(re.compile(regex), regex) for regex, _ in multipliers]
+    if frozen is not None:
+        hits = sum(bool(frozen.search(p)) for p in paths)
+        if hits == 0:
+            raise _no_match_error("frozen", config.frozen, paths)
+        if hits == len(paths):
+            raise ConfigError(
+                f"config.frozen={config.frozen!r} matches every parameter: nothing would train "
+                "(a linear probe is --config.frozen='^(?!fc/)')"
+            )
+    for pattern, regex in compiled:
+        if not any(pattern.search(p) for p in paths):
+            raise _no_match_error("lr_multipliers", regex, paths)
+
+    def label(path: str) -> str:
+        if frozen is not None and frozen.search(path):
+            return FROZEN_LABEL
+        for i, (pattern, _) in enumerate(compiled):
+            if pattern.search(path):
+                return _multiplier_label(i)
+        return TRAIN_LABEL
+
+    treedef = jax.tree_util.tree_structure(params)
+    return jax.tree_util.tree_unflatten(treedef, [label(p) for p in paths])
+
+
+def _arrays(n: int) -> str:
+    return f"{n} array" if n == 1 else f"{n} arrays"
+
+
+def describe_param_groups(params: Any, config: ml_collections.ConfigDict) -> str:
+    """One line on what ``config.frozen``/``lr_multipliers`` do to ``params`` (arrays or
+    ShapeDtypeStructs), for the training log."""
+    leaves = jax.tree.leaves(params)
+    sizes = [math.prod(getattr(x, "shape", np.shape(x))) for x in leaves]
+    total = sum(sizes)
+
+    def count(group: str) -> tuple[int, int]:
+        members = [n for n, g in zip(sizes, labels, strict=True) if g == group]
+        return sum(members), len(members)
+
+    multipliers = parse_lr_multipliers(config.lr_multipliers)
+    if not config.frozen and not multipliers:
+        return f"all {total:,} parameters ({len(leaves)} arrays) train at the base learning rate"
+    labels = jax.tree.leaves(param_labels(params, config))
     parts = []
-    if config.grad_clip_norm > 0:
-        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    if config.frozen:
+        n, k = count(FROZEN_LABEL)
+        parts.append(f"frozen {n:,} of {total:,} parameters ({k} of {len(leaves)} arrays)")
+    for i, (regex, factor) in enumerate(multipliers):
+        n, k = count(_multiplier_label(i))
+        parts.append(f"lr x{factor:g} for {n:,} parameters ({_arrays(k)}) matching {regex!r}")
+    n, k = count(TRAIN_LABEL)
+    parts.append(f"lr x1 for {n:,} parameters ({_arrays(k)})")
+    return "; ".join(parts)
+
+
+def _sgd_parts(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> list[optax.GradientTransformation]:
+    parts = []
     if config.weight_decay > 0:
         # L2 regularisation: wd * w added to the gradient before momentum, as in the papers.
         mask = weight_decay_mask if config.wd_exclude_bn_and_bias else None
@@ -84,6 +196,47 @@ def create_optimizer(
     parts.append(
         optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=config.nesterov)
     )
+    return parts
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
+    """SGD with momentum and (masked) L2 weight decay (He et al. 2015, Sec. 3.4).
+
+    With ``config.frozen`` / ``config.lr_multipliers`` the parameters are partitioned
+    (``optax.multi_transform``): frozen ones get a zero update and keep no optimizer state;
+    a multiplier group runs the same SGD chain with its updates scaled by its factor (its own
+    momentum, so the factor scales the effective learning rate exactly).
+    """
+    parts = []
+    multipliers = parse_lr_multipliers(config.lr_multipliers)
+    if not config.frozen and not multipliers:
+        # The plain chain: unchanged, so its optimizer state (and old checkpoints) still fit.
+        if config.grad_clip_norm > 0:
+            parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+        return optax.chain(*parts, *_sgd_parts(config, learning_rate_fn))
+
+    def labels(tree: Any) -> Any:
+        return param_labels(tree, config)
+
+    def frozen_mask(tree: Any) -> Any:
+        return jax.tree.map(lambda label: label == FROZEN_LABEL, labels(tree))
+
+    if config.grad_clip_norm > 0:
+        if config.frozen:
+            # Frozen gradients must not count towards the global norm that clipping bounds.
+            parts.append(optax.masked(optax.set_to_zero(), frozen_mask))
+        parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    groups = {
+        TRAIN_LABEL: optax.chain(*_sgd_parts(config, learning_rate_fn)),
+        FROZEN_LABEL: optax.set_to_zero(),
+    }
+    for i, (_, factor) in enumerate(multipliers):
+        groups[_multiplier_label(i)] = optax.chain(
+            *_sgd_parts(config, learning_rate_fn), optax.scale(factor)
+        )
+    parts.append(optax.multi_transform(groups, labels))
     return optax.chain(*parts)
 
 

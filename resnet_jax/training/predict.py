@@ -2,78 +2,71 @@
 
     python -m resnet_jax.training.predict --workdir runs/quickstart digit.png cat.jpg
 
-Images get the run's evaluation preprocessing (centre view, the dataset's normalisation).
-Prints one line per image and, last, ``predictions: {json}``.
+Needs only the workdir: the class names, evaluation preprocessing (centre view, resize method)
+and the normalisation used in training are read from the checkpoint, so a run copied to
+another machine predicts without its training data. Prints one line per image and, last,
+``predictions: {json}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 import jax
 import numpy as np
 
+from resnet_jax.inference import InferenceSpec, RunError, load_run
 
-def preprocess(config, paths: list[str]) -> np.ndarray:
-    """[n, H, W, 3] float32: the eval centre view of each file, normalised as in training."""
+
+def preprocess(spec: InferenceSpec, paths: list[str]) -> np.ndarray:
+    """[n, S, S, 3] float32: the run's eval centre view of each file, normalised as in training
+    (the same tf.data functions as the evaluation stream)."""
     import tensorflow as tf
 
-    from resnet_jax import data
-    from resnet_jax.data import eval_views
+    from resnet_jax.data import CorruptImageError, eval_views, normalizer_from_stats
 
-    opts = data.Options(**config.dataset_options.to_dict())
-    # The same normalisation as the training/eval stream (statistics of the training split).
-    normalize = data.normalizer(
-        config.dataset, config.data_dir or None, config.image_size, config.eval_split, opts
-    )
-    crop = opts.crop_fraction or eval_views.default_crop_fraction(config.image_size)
+    normalize = normalizer_from_stats(spec.normalization)
     images = []
     for path in paths:
-        img = eval_views.center(
-            tf.io.read_file(path), config.image_size, crop, opts.resize_method
-        )
+        if not os.path.isfile(path):
+            raise RunError(f"image file {path!r} does not exist")
+        try:
+            img = eval_views.center(
+                tf.io.read_file(path), spec.image_size, spec.crop_fraction, spec.resize_method
+            )
+        except (tf.errors.InvalidArgumentError, ValueError):
+            raise CorruptImageError(
+                f"{path!r} cannot be decoded as an image (JPEG, PNG, BMP or GIF)"
+            ) from None
         images.append(np.asarray(normalize(img), np.float32))
     return np.stack(images)
 
 
-def class_names(config) -> list[str]:
-    from resnet_jax import data
-
-    ds = data.create_dataset(
-        config.dataset,
-        config.eval_split,
-        global_batch_size=jax.device_count(),
-        train=False,
-        image_size=config.image_size,
-        data_dir=config.data_dir or None,
-        **config.dataset_options.to_dict(),
-    )
-    return ds.class_names
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workdir", required=True)
+    p.add_argument("--workdir", required=True, help="a training run's workdir (or PATH@STEP)")
     p.add_argument("--step", default="latest", help="latest | best | a step number")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
+    from resnet_jax.data import DataError
 
-    from resnet_jax.training.evaluate import load_run
-    from resnet_jax.training.loop import create_model
-
-    config, variables, _ = load_run(args.workdir, args.step)
-    names = class_names(config)
-    model = create_model(config, len(names), "float32")
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(
-        variables, preprocess(config, args.images)
-    )
+    try:
+        run = load_run(args.workdir, args.step)
+        images = preprocess(run.spec, args.images)
+    except (RunError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    names = run.spec.class_names
+    model = run.model()
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(run.variables, images)
     probs = np.asarray(jax.nn.softmax(logits.astype(np.float32)))
     out = []
     for path, pr in zip(args.images, probs, strict=True):
-        top = np.argsort(-pr)[: args.top]
+        top = np.argsort(-pr, kind="stable")[: args.top]
         preds = [{"class": names[i], "index": int(i), "prob": float(pr[i])} for i in top]
         out.append({"image": path, "top": preds})
         print(f"{path}: " + ", ".join(f"{d['class']} {d['prob']:.3f}" for d in preds))

@@ -10,7 +10,7 @@ ImageNet example does). Both donate the state and metric buffers.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -166,49 +166,75 @@ def make_train_step(
     return step_fn
 
 
+def _view_log_probs(apply_fn: Callable[[jax.Array], jax.Array], images: Any) -> jax.Array:
+    """Log-probabilities [b, C] of one batch in any evaluation view.
+
+    Multi-view batches (``images`` [b, V, H, W, 3], e.g. 10-crop, or a tuple of [b, s, s, 3]
+    for multi-scale) average the softmax over the views (He et al. 2015, Sec. 3.4: "average the
+    scores").
+    """
+    if isinstance(images, tuple | list):
+        # Multi-scale: the network run fully convolutionally on each scale (Table 4).
+        probs = jnp.mean(
+            jnp.stack([jax.nn.softmax(apply_fn(x).astype(jnp.float32)) for x in images]), axis=0
+        )
+        return jnp.log(jnp.maximum(probs, 1e-30))
+    if images.ndim == 5:
+        b, v = images.shape[:2]
+        logits = apply_fn(images.reshape((b * v, *images.shape[2:])))
+        probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(b, v, -1).mean(axis=1)
+        return jnp.log(jnp.maximum(probs, 1e-30))
+    return jax.nn.log_softmax(apply_fn(images).astype(jnp.float32))
+
+
+def _eval_sums(logp: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+    """Sums of loss, top-1, top-5 and count over the batch's real (``mask``) examples."""
+    labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    loss = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+    k = min(5, logp.shape[-1])
+    topk = jax.lax.top_k(logp, k)[1]
+    top1 = topk[:, 0] == labels
+    top5 = jnp.any(topk == labels[:, None], axis=-1)
+    return {
+        "loss_sum": jnp.sum(loss * mask),
+        "top1_sum": jnp.sum(top1 * mask),
+        "top5_sum": jnp.sum(top5 * mask),
+        "count": jnp.sum(mask),
+    }
+
+
 def make_eval_step(model: nn.Module) -> Callable[[PyTree, Batch], dict]:
     """The per-device eval step ``(variables, batch) -> sums`` of loss, top-1, top-5, count.
 
-    Multi-view batches (``image`` [b, V, H, W, 3], e.g. 10-crop, or a tuple of [b, s, s, 3] for
-    multi-scale) average the softmax over the views (He et al. 2015, Sec. 3.4: "average the
-    scores"). Padding (``mask`` False) is not counted.
+    Views are averaged as in ``_view_log_probs``; padding (``mask`` False) is not counted.
     """
 
     def eval_fn(variables: PyTree, batch: Batch) -> dict:
-        images, labels = batch["image"], batch["label"]
-        mask = batch["mask"].astype(jnp.float32)
-        if isinstance(images, tuple | list):
-            # Multi-scale: one batch per scale, the network run fully convolutionally on each
-            # and the scores averaged (2015 paper Sec. 3.4, Table 4).
-            probs = jnp.mean(
-                jnp.stack(
-                    [
-                        jax.nn.softmax(model.apply(variables, x, train=False).astype(jnp.float32))
-                        for x in images
-                    ]
-                ),
-                axis=0,
-            )
-            logp = jnp.log(jnp.maximum(probs, 1e-30))
-        elif images.ndim == 5:
-            b, v = images.shape[:2]
-            logits = model.apply(variables, images.reshape((b * v, *images.shape[2:])), train=False)
-            probs = jax.nn.softmax(logits.astype(jnp.float32)).reshape(b, v, -1).mean(axis=1)
-            logp = jnp.log(jnp.maximum(probs, 1e-30))
-        else:
-            logits = model.apply(variables, images, train=False)
-            logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-        loss = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
-        k = min(5, logp.shape[-1])
-        topk = jax.lax.top_k(logp, k)[1]
-        top1 = topk[:, 0] == labels
-        top5 = jnp.any(topk == labels[:, None], axis=-1)
-        sums = {
-            "loss_sum": jnp.sum(loss * mask),
-            "top1_sum": jnp.sum(top1 * mask),
-            "top5_sum": jnp.sum(top5 * mask),
-            "count": jnp.sum(mask),
-        }
+        apply_fn = lambda x: model.apply(variables, x, train=False)  # noqa: E731
+        return jax.lax.psum(_eval_sums(_view_log_probs(apply_fn, batch["image"]), batch), AXIS)
+
+    return eval_fn
+
+
+def make_ensemble_eval_step(
+    models: Sequence[nn.Module], normalizers: Sequence[Callable[[jax.Array], jax.Array]]
+) -> Callable[[Sequence[PyTree], Batch], dict]:
+    """Eval step of an ensemble (2015 paper Sec. 3.4, Table 5): ``(variables_list, batch) ->
+    {"model0": sums, ..., "ensemble": sums}``. ``batch["image"]`` holds [0, 1] pixels; each
+    model normalises them its own way, and the ensemble averages the models' probabilities."""
+
+    def eval_fn(variables_list: Sequence[PyTree], batch: Batch) -> dict:
+        images = batch["image"]
+        logps = []
+        for model, normalize, variables in zip(models, normalizers, variables_list, strict=True):
+
+            def apply_fn(x, model=model, normalize=normalize, variables=variables):
+                return model.apply(variables, normalize(x), train=False)
+
+            logps.append(_view_log_probs(apply_fn, images))
+        probs = jnp.mean(jnp.stack([jnp.exp(lp) for lp in logps]), axis=0)
+        sums = {f"model{i}": _eval_sums(lp, batch) for i, lp in enumerate(logps)}
+        sums["ensemble"] = _eval_sums(jnp.log(jnp.maximum(probs, 1e-30)), batch)
         return jax.lax.psum(sums, AXIS)
 
     return eval_fn
