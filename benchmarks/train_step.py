@@ -80,24 +80,42 @@ def _cpuinfo() -> dict[str, str]:
     return info
 
 
-def cpu_peak_tflops() -> tuple[float, str]:
-    """Nominal f32 peak of the CPUs this process may use: cores x clock x FLOP/cycle.
+def cpu_flop_per_cycle(flags: set[str] | frozenset[str]) -> dict[str, int]:
+    """Dense FLOP/cycle of one core by dtype, from its /proc/cpuinfo flags (not the vendor).
 
-    FLOP/cycle per core: two 256-bit FMA pipes (AVX2+FMA, Haswell/Zen 2 and later) give
-    2 x 8 lanes x 2 = 32; Intel AVX-512 server cores 64 (AMD's AVX-512 is double-pumped: 32);
-    otherwise 8 (SSE). The clock is /proc/cpuinfo's "cpu MHz", else bogomips/2 (the TSC rate
-    on x86, i.e. the base clock): boost clocks can exceed it. Without AVX512-BF16/AMX, bf16
-    arithmetic runs on the f32 units, so the same figure serves both dtypes.
+    float32: AVX-512 (``avx512f``) 2 FMA pipes x 16 lanes x 2 = 64; AVX2+FMA 2 x 8 x 2 = 32;
+    otherwise 8 (SSE: 4 lanes, separate add and multiply pipes). Cores that split AVX-512 into
+    two 256-bit halves (Zen 4) issue at the AVX2 rate, so for them 64 is an upper bound.
+    bfloat16: AMX (``amx_bf16``) 1024 (one TMUL tile op, Sapphire Rapids); ``avx512_bf16``
+    (VDPBF16PS: two bf16 products per f32 lane, accumulated in f32) twice the f32 figure;
+    without either, bf16 runs on the f32 units: the f32 figure.
     """
-    info = _cpuinfo()
-    flags = set(info.get("flags", "").split())
-    amd = "AMD" in info.get("vendor_id", "")
-    if "avx512f" in flags and not amd:
-        per_cycle = 64
-    elif "avx2" in flags and "fma" in flags or "avx512f" in flags:
-        per_cycle = 32
+    if "avx512f" in flags:
+        f32 = 64
+    elif {"avx2", "fma"} <= flags:
+        f32 = 32
     else:
-        per_cycle = 8
+        f32 = 8
+    if "amx_bf16" in flags:
+        bf16 = 1024
+    elif "avx512_bf16" in flags:
+        bf16 = 2 * f32
+    else:
+        bf16 = f32
+    return {"float32": f32, "bfloat16": bf16}
+
+
+def cpu_peak_tflops(dtype: str = "float32",
+                    info: dict[str, str] | None = None) -> tuple[float, str]:
+    """Nominal peak of the CPUs this process may use: cores x clock x FLOP/cycle (for ``dtype``,
+    see ``cpu_flop_per_cycle``). ``info`` is /proc/cpuinfo's first processor (read if None).
+
+    The clock is "cpu MHz", else bogomips/2 (the TSC rate on x86, i.e. the base clock): boost
+    clocks can exceed it, so MFU on a CPU is a nominal figure.
+    """
+    info = _cpuinfo() if info is None else info
+    flags = frozenset(info.get("flags", "").split())
+    per_cycle = cpu_flop_per_cycle(flags).get(dtype, cpu_flop_per_cycle(flags)["float32"])
     if "cpu MHz" in info:
         mhz, src = float(info["cpu MHz"]), "cpu MHz"
     elif "bogomips" in info:
@@ -106,7 +124,12 @@ def cpu_peak_tflops() -> tuple[float, str]:
         mhz, src = 2000.0, "assumed 2 GHz"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     peak = cores * mhz * 1e6 * per_cycle / 1e12
-    how = f"{cores} cores x {mhz / 1000:.2f} GHz ({src}) x {per_cycle} f32 FLOP/cycle"
+    isa = ("amx_bf16" if dtype == "bfloat16" and "amx_bf16" in flags else
+           "avx512_bf16" if dtype == "bfloat16" and "avx512_bf16" in flags else
+           "avx512f" if "avx512f" in flags else
+           "avx2+fma" if {"avx2", "fma"} <= flags else "sse")
+    how = (f"{cores} cores x {mhz / 1000:.2f} GHz ({src}) x {per_cycle} {dtype} FLOP/cycle "
+           f"({isa})")
     return peak, how
 
 
@@ -116,12 +139,20 @@ def peak_tflops(dtype: str, override: float | None) -> tuple[float | None, str]:
         return override, "--peak_tflops"
     device = jax.devices()[0]
     if device.platform == "cpu":
-        return cpu_peak_tflops()
+        return cpu_peak_tflops(dtype)
     kind = device.device_kind.lower()
     for key, peaks in PEAK_TFLOPS:
         if key in kind:
             return peaks.get(dtype), f"table ({key})"
     return None, f"unknown device {device.device_kind!r}: pass --peak_tflops"
+
+
+SIMD_FLAG_PREFIXES = ("avx", "fma", "amx")
+
+
+def simd_flags(info: dict[str, str]) -> str:
+    """The /proc/cpuinfo flags that decide the peak (AVX*, FMA, AMX), space-separated."""
+    return " ".join(f for f in info.get("flags", "").split() if f.startswith(SIMD_FLAG_PREFIXES))
 
 
 def machine() -> dict[str, Any]:
@@ -135,6 +166,7 @@ def machine() -> dict[str, Any]:
     return {
         "cpu": info.get("model name", platform.processor()),
         "cpu_family_model": f"{info.get('cpu family', '?')}/{info.get('model', '?')}",
+        "cpu_flags": simd_flags(info),
         "cores": os.cpu_count(),
         "ram_gib": round(mem_kb / (1 << 20), 1),
         "jax": jax.__version__,
@@ -557,6 +589,7 @@ def write_docs(section: str, command: str, info: dict[str, Any], body: str) -> N
     begin, end = f"<!-- BEGIN train_step:{section} -->", f"<!-- END train_step:{section} -->"
     machine_line = (
         f"{info['cpu']} (family/model {info['cpu_family_model']}), {info['cores']} cores, "
+        f"flags {info.get('cpu_flags') or 'n/a'}, "
         f"{info['ram_gib']} GiB RAM; JAX {info['jax']} on {info['backend']} "
         f"({info['device']} x{info['num_devices']})"
         + (f"; XLA_FLAGS=`{info['xla_flags'].strip()}`" if info["xla_flags"].strip() else "")
