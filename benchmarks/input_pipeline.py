@@ -98,9 +98,11 @@ def baseline(encoded: list[bytes], labels: np.ndarray, preset: str, size: int, t
     return ds.as_numpy_iterator()
 
 
-def ours(root: Path, preset: str, size: int, train: bool):
+def ours(root: Path, preset: str, size: int, train: bool, dtype: str = "uint8"):
+    # uint8: what the trainer streams (normalised on the device); float32: normalised on the host.
     kw = dict(data_dir=str(root), global_batch_size=BATCH, image_size=size, mean=MEAN, std=STD,
-              device_count=1, process_count=1, process_index=0, cache=True)  # fmt: skip
+              device_count=1, process_count=1, process_index=0, cache=True,
+              dtype=dtype)  # fmt: skip
     if train:
         ds = data.create_dataset("folder", "train", train=True, augment=preset, **kw)
         return iter(ds)
@@ -109,11 +111,19 @@ def ours(root: Path, preset: str, size: int, train: bool):
     return (b for _ in iter(int, 1) for b in ds)  # repeat the one-pass eval stream
 
 
-def measure(make_iter, seconds: float) -> tuple[float, float]:
-    """(images/s wall-clock, images per CPU-second) after a short warm-up."""
+def bytes_per_image(batch: dict) -> float:
+    """Host-to-device bytes per image: every array the step receives, over the batch."""
+    import jax
+
+    return sum(np.asarray(x).nbytes for x in jax.tree.leaves(batch)) / BATCH
+
+
+def measure(make_iter, seconds: float) -> tuple[float, float, float]:
+    """(images/s wall-clock, images per CPU-second, bytes per image) after a short warm-up."""
     it = make_iter()
-    for _ in range(3):
+    for _ in range(2):
         next(it)
+    per_image = bytes_per_image(next(it))
     t0, r0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
     n = 0
     while time.perf_counter() - t0 < seconds:
@@ -123,7 +133,7 @@ def measure(make_iter, seconds: float) -> tuple[float, float]:
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     del it
-    return n / wall, n / cpu
+    return n / wall, n / cpu, per_image
 
 
 def main() -> None:
@@ -132,6 +142,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per pipeline")
     parser.add_argument("--imagenette-per-class", type=int, default=100)
     parser.add_argument("--cifar-per-class", type=int, default=500)
+    parser.add_argument("--dtype", default="uint8", choices=["uint8", "float32"],
+                        help="our stream's images: uint8 (the trainer's) or host-normalised f32")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="bench_input_"))
@@ -151,7 +163,7 @@ def main() -> None:
         encoded, labels = src.encoded, src.labels
         results = {"ours": [], "baseline": []}
         for _ in range(args.repeats):
-            make_ours = functools.partial(ours, root, preset, size, train)
+            make_ours = functools.partial(ours, root, preset, size, train, args.dtype)
             make_base = functools.partial(baseline, encoded, labels, preset, size, train)
             results["ours"].append(measure(make_ours, args.seconds))
             results["baseline"].append(measure(make_base, args.seconds))
@@ -164,15 +176,16 @@ def main() -> None:
 
     print(f"\nMachine: {cores}-core CPU ({platform.processor() or platform.machine()}), "
           f"Python {platform.python_version()}, TensorFlow {tf.__version__}; "
-          f"batch {BATCH}, best of {args.repeats} x {args.seconds:.0f} s runs.\n")  # fmt: skip
+          f"batch {BATCH}, best of {args.repeats} x {args.seconds:.0f} s runs; ours streams "
+          f"{args.dtype}.\n")  # fmt: skip
     print("| data | preset | size | images | ours img/s | ours img/s/core | ours img/CPU-s "
           "| baseline img/s | baseline img/s/core | baseline img/CPU-s | ratio (wall) "
-          "| ratio (CPU) |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for dataset, preset, size, n, (o, o_cpu), (b, b_cpu) in rows:
+          "| ratio (CPU) | bytes/image to device: ours | baseline |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for dataset, preset, size, n, (o, o_cpu, o_b), (b, b_cpu, b_b) in rows:
         print(f"| {dataset} | {preset} | {size} | {n} | {o:.0f} | {o / cores:.0f} | {o_cpu:.0f} "
               f"| {b:.0f} | {b / cores:.0f} | {b_cpu:.0f} | {o / b:.2f} "
-              f"| {o_cpu / b_cpu:.2f} |")  # fmt: skip
+              f"| {o_cpu / b_cpu:.2f} | {o_b:,.0f} | {b_b:,.0f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

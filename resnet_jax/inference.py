@@ -85,20 +85,9 @@ class InferenceSpec:
         Runs in JAX (inside a jitted or exported function); the same arithmetic as the input
         pipeline's normalisation.
         """
-        x = jnp.asarray(images)
-        x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
-        norm = self.normalization
-        if norm["kind"] == "none":
-            return x
-        if norm["kind"] == "per_pixel_mean":
-            mean_img = jnp.asarray(norm["mean_image"], jnp.float32)
-            hw = x.shape[-3:-1]
-            if tuple(hw) != tuple(mean_img.shape[:2]):
-                mean_img = jax.image.resize(mean_img, (*hw, 3), "linear", antialias=False)
-            return x - mean_img
-        mean = jnp.asarray(np.asarray(norm["mean"], np.float32))
-        inv_std = jnp.asarray(1.0 / np.asarray(norm["std"], np.float32))
-        return (x - mean) * inv_std
+        from resnet_jax.data import device
+
+        return device.normalize(images, self.normalization)
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

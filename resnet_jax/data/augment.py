@@ -66,16 +66,23 @@ def decode_window(encoded: tf.Tensor, window_fn: Callable[[tf.Tensor], Window]) 
 
 
 def resize(
-    img: tf.Tensor, size: int | Sequence[int] | tf.Tensor, method: str = "bilinear"
+    img: tf.Tensor,
+    size: int | Sequence[int] | tf.Tensor,
+    method: str = "bilinear",
+    uint8: bool = False,
 ) -> tf.Tensor:
-    """Resize to ``size`` (int: square) returning float32 in [0, 1]."""
+    """Resize to ``size`` (int: square) returning float32 in [0, 1], or with ``uint8`` the
+    resized pixels rounded to uint8 (what goes to the device; 4x fewer bytes than float32)."""
     hw = [size, size] if isinstance(size, int) else size
     out = tf.image.resize(img, hw, method=method, antialias=False)
+    if uint8:
+        return tf.cast(tf.clip_by_value(tf.round(out), 0.0, 255.0), tf.uint8)
     return out / 255.0
 
 
-def to_unit_float(img: tf.Tensor) -> tf.Tensor:
-    return tf.cast(img, tf.float32) / 255.0
+def to_unit_float(img: tf.Tensor, uint8: bool = False) -> tf.Tensor:
+    """Decoded uint8 pixels as float32 in [0, 1] (as they are with ``uint8``)."""
+    return img if uint8 else tf.cast(img, tf.float32) / 255.0
 
 
 def center_window(hw: tf.Tensor, crop_fraction: float) -> Window:
@@ -176,13 +183,17 @@ def inception_window(
     return begin[0], begin[1], size[0], size[1]
 
 
-def lighting(img: tf.Tensor, seed: tf.Tensor, alpha_std: float = 0.1) -> tf.Tensor:
+def lighting_offset(seed: tf.Tensor, alpha_std: float = 0.1) -> tf.Tensor:
     """AlexNet-style PCA colour noise, used by the 2015 paper §3.4 ("standard color augmentation
-    in [21]"): add eigvec @ (alpha * eigval) with alpha ~ N(0, alpha_std^2) per image."""
+    in [21]"): the per-image RGB offset eigvec @ (alpha * eigval), alpha ~ N(0, alpha_std^2)."""
     alpha = tf.random.stateless_normal([3], seed, stddev=alpha_std)
     eigvec = tf.constant(IMAGENET_EIGVEC, tf.float32)
-    rgb = tf.linalg.matvec(eigvec, alpha * tf.constant(IMAGENET_EIGVAL, tf.float32))
-    return img + rgb
+    return tf.linalg.matvec(eigvec, alpha * tf.constant(IMAGENET_EIGVAL, tf.float32))
+
+
+def lighting(img: tf.Tensor, seed: tf.Tensor, alpha_std: float = 0.1) -> tf.Tensor:
+    """``img`` (float, [0, 1]) plus its ``lighting_offset``."""
+    return img + lighting_offset(seed, alpha_std)
 
 
 def color_jitter(img: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:

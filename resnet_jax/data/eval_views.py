@@ -31,39 +31,45 @@ def scaled_sizes(image_size: int, scales: Sequence[int] = PAPER_SCALES) -> tuple
     return tuple(int(round(s * image_size / 224)) for s in scales)
 
 
-def center(encoded: tf.Tensor, image_size: int, crop_fraction: float, method: str) -> tf.Tensor:
-    """[image_size, image_size, 3]: centre crop of ``crop_fraction`` of the shorter side."""
+def center(
+    encoded: tf.Tensor, image_size: int, crop_fraction: float, method: str, uint8: bool = False
+) -> tf.Tensor:
+    """[image_size, image_size, 3]: centre crop of ``crop_fraction`` of the shorter side
+    (float32 in [0, 1], or uint8 pixels with ``uint8``)."""
     if crop_fraction == 1.0:  # whole shorter side: a plain decode is cheaper than a window
         img = augment.decode(encoded)
         shape = tf.shape(img)
 
         def crop_resize():
             y, x, h, w = augment.center_window(shape[:2], 1.0)
-            return augment.resize(img[y : y + h, x : x + w], image_size, method)
+            return augment.resize(img[y : y + h, x : x + w], image_size, method, uint8)
 
         # Already the output size (CIFAR at 32): skip ~15 small ops per image.
         same = tf.logical_and(tf.equal(shape[0], image_size), tf.equal(shape[1], image_size))
-        out = tf.cond(same, lambda: augment.to_unit_float(img), crop_resize)
+        out = tf.cond(same, lambda: augment.to_unit_float(img, uint8), crop_resize)
         out.set_shape([image_size, image_size, 3])
         return out
     else:
         img = augment.decode_window(encoded, lambda hw: augment.center_window(hw, crop_fraction))
-    return augment.resize(img, image_size, method)
+    return augment.resize(img, image_size, method, uint8)
 
 
-def resize_shorter(img: tf.Tensor, shorter: int, method: str) -> tf.Tensor:
-    """Resize (uint8 or float) so the shorter side is ``shorter``; float32 in [0, 1] out."""
+def resize_shorter(img: tf.Tensor, shorter: int, method: str, uint8: bool = False) -> tf.Tensor:
+    """Resize (uint8 or float) so the shorter side is ``shorter``; float32 in [0, 1] out (uint8
+    pixels with ``uint8``)."""
     hw = tf.cast(tf.shape(img)[:2], tf.float32)
     scale = shorter / tf.reduce_min(hw)
     new_hw = tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), shorter)
-    return augment.resize(img, new_hw, method)
+    return augment.resize(img, new_hw, method, uint8)
 
 
-def ten_crop(encoded: tf.Tensor, image_size: int, resize_to: int, method: str) -> tf.Tensor:
+def ten_crop(
+    encoded: tf.Tensor, image_size: int, resize_to: int, method: str, uint8: bool = False
+) -> tf.Tensor:
     """[10, image_size, image_size, 3]: shorter side -> ``resize_to``; crops at the top-left,
     top-right, bottom-left, bottom-right corners and the centre, then the same five flipped
     (the "10-crop testing" of 2015 paper Table 3, after Krizhevsky et al. 2012)."""
-    img = resize_shorter(augment.decode(encoded), resize_to, method)
+    img = resize_shorter(augment.decode(encoded), resize_to, method, uint8)
     h, w = tf.shape(img)[0], tf.shape(img)[1]
     s = image_size
     corners = [(0, 0), (0, w - s), (h - s, 0), (h - s, w - s), ((h - s) // 2, (w - s) // 2)]
@@ -74,7 +80,9 @@ def ten_crop(encoded: tf.Tensor, image_size: int, resize_to: int, method: str) -
     return out
 
 
-def multi_scale(encoded: tf.Tensor, sizes: Sequence[int], method: str) -> tuple[tf.Tensor, ...]:
+def multi_scale(
+    encoded: tf.Tensor, sizes: Sequence[int], method: str, uint8: bool = False
+) -> tuple[tf.Tensor, ...]:
     """One [s, s, 3] image per size s: shorter side resized to s, centre s x s square.
 
     The paper feeds the whole rectangular image fully-convolutionally (§3.4); a batch needs one
@@ -82,4 +90,4 @@ def multi_scale(encoded: tf.Tensor, sizes: Sequence[int], method: str) -> tuple[
     is square, e.g. Imagenette-224 and CIFAR).
     """
     img = augment.decode_window(encoded, lambda hw: augment.center_window(hw, 1.0))
-    return tuple(augment.resize(img, s, method) for s in sizes)
+    return tuple(augment.resize(img, s, method, uint8) for s in sizes)

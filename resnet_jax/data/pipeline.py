@@ -127,15 +127,19 @@ class Dataset:
     ``steps_per_epoch`` (train: ``num_examples // global_batch_size``; eval: batches covering the
     split once), ``global_batch_size``, ``local_batch_size``, ``skipped_files`` (files skipped
     with ``skip_corrupt``), ``normalization`` (the statistics applied, see
-    ``normalization_stats``), ``tf_dataset`` (the underlying tf.data.Dataset of tensors).
+    ``normalization_stats``), ``device_steps`` (uint8 output: what ``data.device.finish`` still
+    applies on the device, e.g. ``{"cifar_pad": 4}``; None for normalised output),
+    ``tf_dataset`` (the underlying tf.data.Dataset of tensors).
 
-    Iterating yields dicts of numpy arrays local to this process (L = local batch):
-    ``"image"``: [L, H, W, 3] float32/bfloat16, normalised ("ten_crop": [L, 10, H, W, 3]; the
-    views are ordered top-left, top-right, bottom-left, bottom-right, centre, then the same five
-    mirrored; "multi_scale": a tuple with one [L, s, s, 3] array per scale, smallest first,
-    sizes in ``view_sizes``); ``"label"``: int32 [L]; ``"mask"``: bool [L], True for real
-    examples (False only for the padding of the last evaluation batch). Training iterates
-    forever; evaluation yields exactly ``steps_per_epoch`` batches on every process.
+    Iterating yields dicts of numpy arrays local to this process (L = local batch): ``"image"``:
+    [L, H, W, 3] float32/bfloat16, normalised (uint8 pixels with ``dtype="uint8"``, plus
+    ``crop_yx``/``flip`` for the CIFAR preset and ``lighting`` for the paper's lighting;
+    "ten_crop": [L, 10, H, W, 3]; the views are ordered top-left, top-right, bottom-left,
+    bottom-right, centre, then the same five mirrored; "multi_scale": a tuple with one [L, s, s,
+    3] array per scale, smallest first, sizes in ``view_sizes``); ``"label"``: int32 [L];
+    ``"mask"``: bool [L], True for real examples (False only for the padding of the last
+    evaluation batch). Training iterates forever; evaluation yields exactly ``steps_per_epoch``
+    batches on every process.
     """
 
     def __init__(
@@ -149,6 +153,7 @@ class Dataset:
         local_batch_size: int,
         view_sizes: tuple[int, ...],
         normalization: dict[str, Any],
+        device_steps: dict[str, Any] | None = None,
     ):
         self.tf_dataset = tf_dataset
         self.source = source
@@ -160,6 +165,7 @@ class Dataset:
         self.local_batch_size = local_batch_size
         self.view_sizes = view_sizes
         self.normalization = normalization
+        self.device_steps = device_steps
         self.skipped_files: list[str] = list(getattr(source, "skipped_files", []))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -351,7 +357,7 @@ def normalizer_from_stats(stats: dict[str, Any]):
         def sub_mean(img):
             hw = tuple(img.shape[-3:-1])
             m = mean_img if hw == mean_img.shape[:2] else tf.image.resize(mean_img, hw)
-            return img - tf.constant(m, tf.float32)
+            return img - tf.convert_to_tensor(m, tf.float32)  # resized: already a tensor
 
         return sub_mean
     mean_t = tf.constant(np.asarray(stats["mean"], np.float32).reshape(3))
@@ -379,22 +385,41 @@ def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
     )
 
 
-def _train_transform(augment: str, image_size: int, opts: Options):
+def _train_transform(augment: str, image_size: int, opts: Options, uint8: bool = False):
     """(encoded, seed) -> {"image": float32 [image_size, image_size, 3] in [0, 1], ...}.
 
-    Normalisation (and the CIFAR pad/crop/flip) run per batch afterwards: see ``_finish``.
+    Normalisation (and the CIFAR pad/crop/flip) run per batch afterwards: see ``_finish``. With
+    ``uint8`` the image stays uint8 pixels (resized ones rounded) and what needs floats is left
+    to the device as per-example parameters: the CIFAR crop and flip (``crop_yx``, ``flip``) and
+    the lighting noise (``lighting``, an RGB offset on [0, 1] pixels); see ``data.device``.
     """
     method = opts.resize_method
     crop_fraction = opts.crop_fraction or eval_views.default_crop_fraction(image_size)
 
     def none(encoded, seed):
         del seed
-        return {"image": eval_views.center(encoded, image_size, crop_fraction, method)}
+        return {"image": eval_views.center(encoded, image_size, crop_fraction, method, uint8)}
 
     def cifar(encoded, seed):
         # 2015 paper §4.2: the whole 32x32 image, padded by 4 and randomly cropped, per batch.
-        img = eval_views.center(encoded, image_size, 1.0, method)
+        img = eval_views.center(encoded, image_size, 1.0, method, uint8)
         return {"image": img, **aug.cifar_params(seed, opts.cifar_pad, opts.flip)}
+
+    def finish(img, s_light, s_jit, s_flip):
+        out = {}
+        if opts.lighting_std > 0 and s_light is not None:
+            if uint8:
+                out["lighting"] = aug.lighting_offset(s_light, opts.lighting_std)
+            else:
+                img = aug.lighting(img, s_light, opts.lighting_std)
+        if opts.color_jitter > 0 and s_jit is not None:
+            if uint8:  # jitter works on [0, 1] floats; the result is rounded back to pixels
+                img = aug.color_jitter(tf.cast(img, tf.float32) / 255.0, s_jit, opts.color_jitter)
+                img = tf.cast(tf.round(img * 255.0), tf.uint8)
+            else:
+                img = aug.color_jitter(img, s_jit, opts.color_jitter)
+        out["image"] = aug.random_flip(img, s_flip) if opts.flip else img
+        return out
 
     def resnet_paper(encoded, seed):
         # 2015 paper §3.4: scale augmentation [256, 480], 224 crop, flip, colour (lighting).
@@ -403,10 +428,7 @@ def _train_transform(augment: str, image_size: int, opts: Options):
             encoded,
             lambda hw: aug.resnet_paper_window(hw, s_win, image_size, tuple(opts.scale_range)),
         )
-        img = aug.resize(crop, image_size, method)
-        if opts.lighting_std > 0:
-            img = aug.lighting(img, s_light, opts.lighting_std)
-        return {"image": aug.random_flip(img, s_flip) if opts.flip else img}
+        return finish(aug.resize(crop, image_size, method, uint8), s_light, None, s_flip)
 
     def inception(encoded, seed):
         s_win, s_jit, s_flip = aug.split_seed(seed, 3)
@@ -416,10 +438,7 @@ def _train_transform(augment: str, image_size: int, opts: Options):
                 hw, s_win, tuple(opts.area_range), tuple(opts.aspect_range)
             ),
         )
-        img = aug.resize(crop, image_size, method)
-        if opts.color_jitter > 0:
-            img = aug.color_jitter(img, s_jit, opts.color_jitter)
-        return {"image": aug.random_flip(img, s_flip) if opts.flip else img}
+        return finish(aug.resize(crop, image_size, method, uint8), None, s_jit, s_flip)
 
     table = {"none": none, "cifar": cifar, "resnet_paper": resnet_paper, "inception": inception}
     if augment not in table:
@@ -427,26 +446,29 @@ def _train_transform(augment: str, image_size: int, opts: Options):
     return table[augment]
 
 
-def _eval_transform(view: str, image_size: int, opts: Options):
-    """encoded -> (view(s) as float32 in [0, 1], view sizes)."""
+def _eval_transform(view: str, image_size: int, opts: Options, uint8: bool = False):
+    """encoded -> (view(s) as float32 in [0, 1], or uint8 pixels, view sizes)."""
     method = opts.resize_method
     if view == "center":
         fraction = opts.crop_fraction or eval_views.default_crop_fraction(image_size)
-        return (lambda e: eval_views.center(e, image_size, fraction, method)), (image_size,)
+        return (lambda e: eval_views.center(e, image_size, fraction, method, uint8)), (image_size,)
     if view == "ten_crop":
         resize_to = opts.ten_crop_resize or int(round(image_size * 256 / 224))
         if resize_to < image_size:
             raise ValueError(f"ten_crop_resize {resize_to} < image_size {image_size}")
-        return (lambda e: eval_views.ten_crop(e, image_size, resize_to, method)), (image_size,)
+        return (lambda e: eval_views.ten_crop(e, image_size, resize_to, method, uint8)), (
+            image_size,
+        )
     if view == "multi_scale":
         sizes = tuple(opts.multi_scale_sizes or eval_views.scaled_sizes(image_size))
         sizes = tuple(sorted(int(s) for s in sizes))
-        return (lambda e: eval_views.multi_scale(e, sizes, method)), sizes
+        return (lambda e: eval_views.multi_scale(e, sizes, method, uint8)), sizes
     raise ValueError(f"eval_view must be one of {eval_views.VIEWS}, not {view!r}")
 
 
 def _finish(normalize, out_dtype: tf.DType, cifar_pad: int | None):
-    """Per-batch tail: normalise, CIFAR pad/crop/flip (train preset "cifar"), cast."""
+    """Per-batch tail: normalise, CIFAR pad/crop/flip (train preset "cifar"), cast. Not used
+    for uint8 output, whose tail runs on the device (``data.device.finish``)."""
 
     def finish(batch):
         batch = dict(batch)
@@ -500,7 +522,9 @@ def create_dataset(
       seed: shuffling and augmentation seed; equal seeds give identical batches.
       start_step: the first batch yielded is batch ``start_step`` of the uninterrupted stream
         (train: of the infinite stream; eval: skips that many batches).
-      dtype: "float32" or "bfloat16" for ``image``.
+      dtype: "float32" or "bfloat16" for normalised ``image``s; "uint8" for the pixels
+        themselves, with normalisation and the float parts of augmentation left to the device
+        (``resnet_jax.data.device.finish``; what the trainer uses: 4x fewer bytes to the device).
       **options: see ``Options``.
     """
     try:
@@ -509,8 +533,9 @@ def create_dataset(
         valid = sorted(f.name for f in dataclasses.fields(Options))
         unknown = sorted(set(options) - set(valid))
         raise TypeError(f"unknown option(s) {unknown}; valid options: {valid}") from None
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be 'float32' or 'bfloat16', not {dtype!r}")
+    if dtype not in ("float32", "bfloat16", "uint8"):
+        raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'uint8', not {dtype!r}")
+    uint8 = dtype == "uint8"
     if image_size < 1:
         raise ValueError(f"image_size must be positive, not {image_size}")
     if start_step < 0:
@@ -532,7 +557,7 @@ def create_dataset(
     source = open_source(name, split, data_dir, opts)
     stats = normalization_stats(name, data_dir, image_size, split, opts)
     normalize = normalizer_from_stats(stats)
-    out_dtype = tf.bfloat16 if dtype == "bfloat16" else tf.float32
+    out_dtype = {"bfloat16": tf.bfloat16, "float32": tf.float32, "uint8": tf.uint8}[dtype]
     n = len(source) if isinstance(source, IndexSource) else source.num_examples
 
     if isinstance(source, IndexSource):
@@ -553,7 +578,7 @@ def create_dataset(
                 f"{name}/{split} has {n} examples, fewer than global_batch_size "
                 f"{global_batch_size}: not one full training batch"
             )
-        transform = _train_transform(augment, image_size, opts)
+        transform = _train_transform(augment, image_size, opts, uint8)
         view_sizes = (image_size,)
         first_epoch, skip_batches = divmod(start_step, steps)
         if isinstance(source, IndexSource):
@@ -602,8 +627,9 @@ def create_dataset(
         ds = ds.map(train_map, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
         ds = ds.batch(local_batch, drop_remainder=True)
         finish = _finish(normalize, out_dtype, opts.cifar_pad if augment == "cifar" else None)
+        device_steps = {"cifar_pad": opts.cifar_pad} if augment == "cifar" else {}
     else:
-        transform, view_sizes = _eval_transform(eval_view, image_size, opts)
+        transform, view_sizes = _eval_transform(eval_view, image_size, opts, uint8)
         if isinstance(source, IndexSource):
             steps = math.ceil(n / global_batch_size)
             positions = np.arange(steps * global_batch_size).reshape(steps, pcount, local_batch)
@@ -639,8 +665,10 @@ def create_dataset(
         if start_step:
             ds = ds.skip(start_step)
         finish = _finish(normalize, out_dtype, None)
+        device_steps = {}
 
-    ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if not uint8:
+        ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     tf_opts = tf.data.Options()
     tf_opts.deterministic = True
@@ -658,4 +686,5 @@ def create_dataset(
         local_batch_size=local_batch,
         view_sizes=view_sizes,
         normalization=stats,
+        device_steps=device_steps if uint8 else None,
     )

@@ -3,6 +3,7 @@ the experiments and the benchmarks all go through here)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,9 @@ def create_datasets(
 ):
     """(train, eval) datasets of a training run; the train stream starts at ``start_step``.
 
+    Both yield uint8 pixels; ``device_prepare(dataset, precision)`` makes the network's input
+    from a batch inside the jitted step.
+
     ``normalization``: statistics to use as they are (a resumed run's or an ``init_from`` run's
     recorded ones) instead of the ones the config implies.
     """
@@ -63,7 +67,7 @@ def create_datasets(
         image_size=config.image_size,
         data_dir=config.data_dir or None,
         seed=config.seed,
-        dtype="bfloat16" if precision == "bfloat16" else "float32",
+        dtype="uint8",  # normalised on the device: see device_prepare
         **options,
     )
     train_ds = data.create_dataset(
@@ -95,14 +99,14 @@ def create_eval_dataset(
     batch_size: int,
     view: str | None = None,
     spec: InferenceSpec | None = None,
-    normalize: bool = True,
+    uint8: bool = False,
 ):
     """One evaluation pass over ``split`` of the config's dataset.
 
     With ``spec`` (a trained run's), the run's class order, normalisation and preprocessing are
-    used as recorded, and a dataset whose classes differ is a ``DataError``. ``normalize=False``
-    yields [0, 1] pixels (the model-side ``spec.normalize`` then does it, e.g. for ensembles of
-    runs with different statistics).
+    used as recorded, and a dataset whose classes differ is a ``DataError``. ``uint8=True``
+    yields the pixels (the model-side ``spec.normalize`` or ``device_prepare`` then normalises,
+    e.g. for ensembles of runs with different statistics).
     """
     from resnet_jax import data
 
@@ -112,8 +116,6 @@ def create_eval_dataset(
         if not set(present) <= set(spec.class_names):
             _class_mismatch(f"{config.data_dir}", present, spec)
         spec_options["class_names"] = list(spec.class_names)  # the run's label ids
-    if not normalize:
-        spec_options["normalization_stats"] = {"kind": "none"}
     ds = data.create_dataset(
         config.dataset,
         split,
@@ -123,6 +125,7 @@ def create_eval_dataset(
         eval_view=view or config.eval_view,
         data_dir=config.data_dir or None,
         seed=config.seed,
+        dtype="uint8" if uint8 else "float32",
         **_data_options(config, spec_options),
     )
     if spec is not None and tuple(ds.class_names) != tuple(spec.class_names):
@@ -161,4 +164,17 @@ def inference_spec(config: ml_collections.ConfigDict, dataset) -> InferenceSpec:
         crop_fraction=float(crop),
         eval_view=config.eval_view,
         normalization=dataset.normalization,
+    )
+
+
+def device_prepare(dataset, precision: str = "float32"):
+    """batch -> the network's input, inside the jitted step, for a uint8 ``dataset``: cast,
+    lighting noise, the recorded normalisation, the CIFAR pad/crop/flip, the compute dtype."""
+    from resnet_jax.data import device
+
+    return functools.partial(
+        device.finish,
+        stats=dataset.normalization,
+        dtype=DTYPES[precision],
+        cifar_pad=(dataset.device_steps or {}).get("cifar_pad"),
     )

@@ -51,8 +51,8 @@ def accuracy(sums: dict[str, Any]) -> dict[str, float]:
 def summed(eval_step, variables: Any, batches: Iterable[dict], dp: DataParallel) -> Any:
     """The eval step's sums over every batch, on the host."""
     sums = None
-    for batch in batches:
-        out = eval_step(variables, dp.shard_batch(batch))
+    for batch in dp.device_batches(batches):
+        out = eval_step(variables, batch)
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     if sums is None:
         raise ValueError("the eval split yielded no batches")
@@ -71,11 +71,12 @@ def run_eval(
 ) -> dict[str, float]:
     """Top-1/top-5/loss of ``variables`` on ``split`` with the given view; with ``spec`` (a
     run's), its recorded classes, normalisation and preprocessing."""
-    ds = build.create_eval_dataset(config, split, batch_size=batch_size, view=view, spec=spec)
+    ds = build.create_eval_dataset(config, split, batch_size=batch_size, view=view, spec=spec,
+                                   uint8=True)
     model = spec.create_model() if spec is not None else build.create_model(
         config, ds.num_classes)
     dp = DataParallel(parallel)
-    eval_step = dp.eval_step(make_eval_step(model))
+    eval_step = dp.eval_step(make_eval_step(model, build.device_prepare(ds)))
     return accuracy(summed(eval_step, dp.replicate(variables), ds, dp))
 
 
@@ -95,9 +96,9 @@ def run_ensemble(
                 f"cannot ensemble {runs[0].directory} (image_size {first.image_size}) and "
                 f"{run.directory} ({run.spec.image_size}): the views must be the same images"
             )
-    # [0, 1] pixels in, each model normalises them its own way on the device.
+    # uint8 pixels in, each model normalises them its own way on the device.
     ds = build.create_eval_dataset(
-        config, split, batch_size=batch_size, view=view, spec=first, normalize=False
+        config, split, batch_size=batch_size, view=view, spec=first, uint8=True
     )
     dp = DataParallel("shard_map")
     step = make_ensemble_eval_step([r.model() for r in runs], [r.spec.normalize for r in runs])

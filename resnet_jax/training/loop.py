@@ -186,9 +186,10 @@ def train_and_evaluate(
             per_device_bn=not config.sync_bn,
             dynamic_loss_scale=fp16,
             loss_scale_period=config.loss_scale_period,
+            prepare=build.device_prepare(train_ds, precision),
         )
     )
-    eval_step = dp.eval_step(make_eval_step(model))
+    eval_step = dp.eval_step(make_eval_step(model, build.device_prepare(eval_ds, precision)))
     eval_every = int(round(config.eval_every_epochs * steps_per_epoch))
 
     writer = MetricWriter(workdir, enabled=lead)
@@ -242,11 +243,10 @@ def train_and_evaluate(
         t_log, n_since = time.time(), 0
         return out
 
-    it = iter(train_ds)
+    batches = dp.device_batches(train_ds)  # the next batches already on the devices
     with _Preemption() as preemption:
         while step < num_steps:
-            batch = next(it)
-            state, metrics = train_step(state, metrics, dp.shard_batch(batch))
+            state, metrics = train_step(state, metrics, next(batches))
             step += 1
             n_since += 1
             is_last = step == num_steps

@@ -10,7 +10,9 @@ ImageNet example does). Both donate the state and metric buffers.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import collections
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import flax
@@ -25,8 +27,10 @@ from jax.sharding import PartitionSpec as P
 from resnet_jax.training.optim import cross_entropy
 
 AXIS = "batch"
+PREFETCH = 2  # batches kept on the devices ahead of the step (Flax's prefetch_to_device default)
 PyTree = Any
 Batch = dict[str, Any]
+Prepare = Callable[[Batch], Any]  # batch -> the network's input, on the device
 
 
 @flax.struct.dataclass
@@ -93,11 +97,14 @@ def make_train_step(
     per_device_bn: bool = False,
     dynamic_loss_scale: bool = False,
     loss_scale_period: int = 2000,
+    prepare: Prepare | None = None,
 ) -> Callable[[TrainState, dict, Batch], tuple[TrainState, dict]]:
     """The per-device train step ``(state, metrics, batch) -> (state, metrics)``.
 
     Must run inside a mapped axis named ``"batch"`` (see :func:`parallelize`). ``batch`` holds
-    this device's ``image`` [b,H,W,3] and ``label`` [b]. Metrics are added to the running sums.
+    this device's ``image`` [b,H,W,3] and ``label`` [b]; ``prepare(batch)``, if given, makes
+    the network's input from it on the device (uint8 pixels -> normalised and augmented, see
+    ``resnet_jax.data.device.finish``). Metrics are added to the running sums.
     """
 
     def step_fn(state: TrainState, metrics: dict, batch: Batch) -> tuple[TrainState, dict]:
@@ -105,10 +112,12 @@ def make_train_step(
         rng = jax.random.fold_in(state.rng, state.step)
         rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
 
+        images = prepare(batch) if prepare is not None else batch["image"]
+
         def loss_fn(params):
             logits, new_vars = model.apply(
                 {"params": params, "batch_stats": state.batch_stats},
-                batch["image"],
+                images,
                 train=True,
                 mutable=["batch_stats"],
                 rngs={"dropout": rng},
@@ -203,15 +212,19 @@ def _eval_sums(logp: jax.Array, batch: Batch) -> dict[str, jax.Array]:
     }
 
 
-def make_eval_step(model: nn.Module) -> Callable[[PyTree, Batch], dict]:
+def make_eval_step(
+    model: nn.Module, prepare: Prepare | None = None
+) -> Callable[[PyTree, Batch], dict]:
     """The per-device eval step ``(variables, batch) -> sums`` of loss, top-1, top-5, count.
 
     Views are averaged as in ``_view_log_probs``; padding (``mask`` False) is not counted.
+    ``prepare`` as in :func:`make_train_step`.
     """
 
     def eval_fn(variables: PyTree, batch: Batch) -> dict:
+        images = prepare(batch) if prepare is not None else batch["image"]
         apply_fn = lambda x: model.apply(variables, x, train=False)  # noqa: E731
-        return jax.lax.psum(_eval_sums(_view_log_probs(apply_fn, batch["image"]), batch), AXIS)
+        return jax.lax.psum(_eval_sums(_view_log_probs(apply_fn, images), batch), AXIS)
 
     return eval_fn
 
@@ -220,7 +233,7 @@ def make_ensemble_eval_step(
     models: Sequence[nn.Module], normalizers: Sequence[Callable[[jax.Array], jax.Array]]
 ) -> Callable[[Sequence[PyTree], Batch], dict]:
     """Eval step of an ensemble (2015 paper Sec. 3.4, Table 5): ``(variables_list, batch) ->
-    {"model0": sums, ..., "ensemble": sums}``. ``batch["image"]`` holds [0, 1] pixels; each
+    {"model0": sums, ..., "ensemble": sums}``. ``batch["image"]`` holds uint8 pixels; each
     model normalises them its own way, and the ensemble averages the models' probabilities."""
 
     def eval_fn(variables_list: Sequence[PyTree], batch: Batch) -> dict:
@@ -301,6 +314,30 @@ class DataParallel:
         return jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(self.sharded, np.asarray(x)), batch
         )
+
+    def device_batches(self, batches: Iterable[Batch], size: int = PREFETCH) -> Iterator[Batch]:
+        """``batches`` (this process's numpy batches) placed on the devices ``size`` ahead, so
+        the next batches' host-to-device copies overlap the running step (what Flax's
+        ``prefetch_to_device`` and big_vision's ``start_global`` do)."""
+        queue: collections.deque = collections.deque()
+        it = iter(batches)
+
+        def enqueue(n: int) -> None:
+            for batch in itertools.islice(it, n):
+                queue.append(self.put_batch(batch))
+
+        enqueue(size)
+        while queue:
+            batch = queue.popleft()
+            enqueue(1)  # before yielding: ``size`` batches in flight while this one is used
+            yield batch
+
+    def put_batch(self, batch: Batch) -> Batch:
+        """One local batch on the devices, in the step's input layout (copies start now)."""
+        batch = self.shard_batch(batch)
+        if self.mode == "pmap":  # [devices, b, ...] split over the leading axis, as pmap takes it
+            return jax.tree.map(lambda x: jax.device_put(x, self.sharded), batch)
+        return batch
 
     # ---- wrapping --------------------------------------------------------------------------
     def train_step(self, step_fn: Callable) -> Callable:
