@@ -1,14 +1,20 @@
 r"""plain20 on CIFAR-10 with the 2015 paper's recipe (He et al. 2015, Sec. 4.2).
 
-Command (one GPU; the offline CIFAR-10 images of shared/datasets, extracted):
+Command (one GPU; tfds' cifar10, downloaded and prepared in ~/tensorflow_datasets on
+first use; --config.data_dir=<tfds data_dir> reads a copy prepared elsewhere):
 
-    mkdir -p /tmp/cifar10 && tar -xzf ../shared/datasets/cifar10-jpg.tar.gz -C /tmp/cifar10
+    python train.py --config configs/plain20.py --workdir runs/plain20
+
+Your own CIFAR-10 images instead (<folder>/train/<class>/*.png, <folder>/test/<class>/*.png):
+
     python train.py --config configs/plain20.py --workdir runs/plain20 \
-        --config.dataset=folder --config.data_dir=/tmp/cifar10
+        --config.dataset=folder --config.data_dir=<your CIFAR-10 image folder>
 
-(default --config.dataset=cifar10 reads tfds' cifar10.) Recipe: batch 128, lr 0.1, divided by
-10 at 32k and 48k iterations, stop at 64k (164 epochs), wd 1e-4, momentum 0.9, 4-pixel
-padding + random 32x32 crop + flip, per-pixel mean subtracted.
+(In this repository's tests and experiments, the images of ../shared/datasets are used
+instead; see docs/input_pipeline.md.)
+
+Recipe: batch 128, lr 0.1, divided by 10 at 32k and 48k iterations, stop at 64k (164 epochs), wd
+1e-4, momentum 0.9, 4-pixel padding + random 32x32 crop + flip, per-pixel mean subtracted.
 Hardware: one GPU, about 1 h.
 Expected: about 90% test accuracy (Fig. 6 left: plain-20 about 10% error; deeper plain nets do
 worse).

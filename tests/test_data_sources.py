@@ -1,6 +1,8 @@
 """Sources: image folders (real CIFAR-10 JPEGs), digits, tfds builders (mock_data), bad input."""
 
 import io
+import os
+import time
 
 import numpy as np
 import pytest
@@ -149,11 +151,11 @@ def test_missing_tfds_split(tmp_path):
 
 def test_unprepared_tfds_dataset_and_missing_imagenet_manual_download(tmp_path):
     with pytest.raises(data.DataError, match="manual download.*ILSVRC2012_img_train.tar"):
-        _eval("imagenet2012", "train", data_dir=str(tmp_path))
+        _eval("imagenet2012", "train", data_dir=str(tmp_path), download=False)
     with pytest.raises(data.DataError, match="manual download missing.*ILSVRC2012_img_val.tar"):
         _eval("imagenet2012", "train", data_dir=str(tmp_path), download=True)
     with pytest.raises(data.DataError, match="not prepared"):
-        _eval("cifar10", "train", data_dir=str(tmp_path))
+        _eval("cifar10", "train", data_dir=str(tmp_path), download=False)  # never downloads
 
 
 def _tiny_folder(root, n=3, size=(12, 10)):
@@ -274,3 +276,266 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="fewer than global_batch_size"):
         data.create_dataset("digits", "test", global_batch_size=512, train=True, image_size=8)
     assert sources.DIGITS == "digits"
+
+
+# --- tfds downloads (issue 14 §3): the default downloads; failures are one clear line ---------
+
+
+def _one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def offline():
+    """Skips unless this machine cannot reach CIFAR-10's download server (the real path)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        reason = sources._unreachable(tfds.builder("cifar10", data_dir=d))
+    if reason is None:
+        pytest.skip("this machine reaches the internet: the offline error cannot be tested")
+    return reason
+
+
+def test_tfds_offline_download_fails_fast_with_one_line_naming_the_fixes(tmp_path, offline):
+    start = time.perf_counter()
+    with pytest.raises(data.DataError) as err:
+        sources.tfds_source("cifar10", "train", data_dir=str(tmp_path))  # download=True default
+    assert time.perf_counter() - start < 20  # tfds alone retries for ~200 s offline
+    msg = _one_line(err)
+    assert "'cifar10' is not prepared" in msg and "could not be downloaded" in msg
+    assert "offline" in msg and "--config.data_dir" in msg and "--config.dataset=folder" in msg
+    # Nothing was prepared, so the next attempt fails the same way (it would download again).
+    assert tfds.builder("cifar10", data_dir=str(tmp_path)).info.splits == {}
+    with pytest.raises(data.DataError, match="could not be downloaded"):
+        _eval("cifar10", "train", data_dir=str(tmp_path), download=True)
+
+
+def test_tfds_real_download_failure_is_one_line(tmp_path, offline, monkeypatch):
+    """Past the reachability check, tfds' own download fails (no retries: fast) and still
+    becomes one line."""
+    from tensorflow_datasets.core.download import downloader
+
+    monkeypatch.setattr(sources, "_unreachable", lambda builder: None)
+    monkeypatch.setattr(downloader, "MAX_RETRIES", 0)
+    with pytest.raises(data.DataError) as err:
+        sources.tfds_source("cifar10", "train", data_dir=str(tmp_path))
+    msg = _one_line(err)
+    assert "could not be downloaded and prepared" in msg and "offline" in msg
+    assert not list(tmp_path.glob("cifar10/*/dataset_info.json"))
+
+
+class _FakeBuilder:
+    """A tfds builder stand-in: unprepared until ``download_and_prepare``, then backed by mock
+    metadata (``real``: a builder whose dataset_info.json has the splits)."""
+
+    url_infos = None  # nothing to check for reachability
+
+    def __init__(self, real, fail_first: bool = False):
+        self.real, self.fail_first, self.prepared, self.configs = real, fail_first, False, []
+        self.data_dir_root = real.data_dir_root
+
+    @property
+    def info(self):
+        if self.prepared:
+            return self.real.info
+        return type("Info", (), {"splits": {}})()
+
+    def download_and_prepare(self, download_config=None, **kwargs):
+        self.configs.append(download_config)
+        if self.fail_first and len(self.configs) == 1:
+            # Half way: tfds has written part of a temporary directory when the error comes.
+            partial = os.path.join(self.data_dir_root, "fake", "incomplete.ABC123_1.0.0")
+            os.makedirs(partial)
+            open(os.path.join(partial, "fake-train.tfrecord-00000-of-00002"), "wb").close()
+            raise OSError("No space left on device")
+        self.prepared = True
+
+    def as_dataset(self, split, **kwargs):
+        return testing.sliceable_fake_as_dataset(self.real, split, **kwargs)
+
+
+@pytest.mark.parametrize("manual_dir", [None, "my_manual"])
+def test_tfds_download_is_called_with_the_manual_dir_then_the_source_opens(
+    tmp_path, monkeypatch, manual_dir
+):
+    testing.write_tfds_metadata(tmp_path, "cifar10", {"train": 12, "test": 4})
+    fake = _FakeBuilder(tfds.builder("cifar10", data_dir=str(tmp_path)))
+    asked = []
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: asked.append(name) or fake)
+    with pytest.raises(data.DataError, match="not prepared.*download=False"):
+        sources.tfds_source("cifar10", "train", data_dir=str(tmp_path), download=False)
+    assert fake.configs == []
+    mdir = None if manual_dir is None else str(tmp_path / manual_dir)
+    src = sources.tfds_source("cifar10", "train", data_dir=str(tmp_path), manual_dir=mdir)
+    assert len(fake.configs) == 1
+    expected = mdir or os.path.join(fake.data_dir_root, "downloads", "manual")
+    assert os.fspath(fake.configs[0].manual_dir) == expected
+    assert isinstance(src, sources.IndexSource) and len(src) == 12
+    np.testing.assert_array_equal(src.labels, np.arange(12) % 10)
+    assert asked == ["cifar10", "cifar10"]
+
+
+def test_tfds_half_failed_download_is_retried_and_nothing_half_prepared_is_used(
+    tmp_path, monkeypatch
+):
+    testing.write_tfds_metadata(tmp_path, "cifar10", {"train": 12, "test": 4})
+    fake = _FakeBuilder(tfds.builder("cifar10", data_dir=str(tmp_path)), fail_first=True)
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: fake)
+    with pytest.raises(data.DataError) as err:
+        sources.tfds_source("cifar10", "train", data_dir=str(tmp_path))
+    msg = _one_line(err)
+    assert "could not be downloaded and prepared (OSError: No space left on device)" in msg
+    assert "nothing half-prepared is kept" in msg and "offline" not in msg
+    assert not fake.prepared
+    src = sources.tfds_source("cifar10", "train", data_dir=str(tmp_path))
+    assert len(fake.configs) == 2 and len(src) == 12  # downloaded again, complete this time
+
+
+class ResnetJaxTinyImages(tfds.core.GeneratorBasedBuilder):
+    """A real tfds builder (no network) whose generation can fail half way."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    fail_at: int | None = None
+    generated = 0
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(8, 8, 3)),
+                "label": tfds.features.ClassLabel(names=["even", "odd"]),
+            }),
+            supervised_keys=("image", "label"),
+        )  # fmt: skip
+
+    def _split_generators(self, dl_manager):
+        type(self).generated += 1
+        return {"train": self._generate_examples(20)}
+
+    def _generate_examples(self, n):
+        for i in range(n):
+            if i == self.fail_at:
+                raise ConnectionError("connection reset by peer")
+            yield i, {"image": np.full((8, 8, 3), i, np.uint8), "label": i % 2}
+
+
+def test_real_tfds_preparation_failing_half_way_leaves_nothing_used_later(tmp_path, monkeypatch):
+    """tfds writes into <name>/incomplete.XXXXXX_<version>/ and renames it only when complete:
+    a failure (or a killed process) leaves no dataset_info.json where builders look."""
+    name = "resnet_jax_tiny_images"
+    monkeypatch.setattr(ResnetJaxTinyImages, "fail_at", 10)
+    monkeypatch.setattr(ResnetJaxTinyImages, "generated", 0)
+    with pytest.raises(data.DataError) as err:
+        sources.tfds_source(name, "train", data_dir=str(tmp_path))
+    assert "connection reset by peer" in _one_line(err) and "offline" in str(err.value)
+    assert ResnetJaxTinyImages.generated == 1
+    assert not list(tmp_path.glob(f"{name}/*/dataset_info.json"))
+    # What a process killed half way leaves behind is not taken for a prepared dataset either.
+    killed = tmp_path / name / "incomplete.ZZZ999_1.0.0"
+    killed.mkdir(parents=True)
+    (killed / "dataset_info.json").write_text("{}")
+    assert tfds.builder(name, data_dir=str(tmp_path)).info.splits == {}
+    monkeypatch.setattr(ResnetJaxTinyImages, "fail_at", None)
+    src = sources.tfds_source(name, "train", data_dir=str(tmp_path))
+    assert ResnetJaxTinyImages.generated == 2  # prepared again from the start
+    assert len(src) == 20 and src.class_names == ["even", "odd"]
+    ds = _eval(name, "train", data_dir=str(tmp_path), normalization="none", with_index=True)
+    seen = []
+    for batch in ds:  # example i is filled with the value i and labelled i % 2
+        for img, label in zip(batch["image"][batch["mask"]], batch["label"][batch["mask"]],
+                              strict=True):  # fmt: skip
+            value = int(round(float(img.mean()) * 255))
+            assert np.allclose(img * 255, value, atol=0.5) and label == value % 2
+            seen.append(value)
+    assert sorted(seen) == list(range(20))  # every example once, none from the failed attempt
+
+
+def test_unknown_or_malformed_tfds_name_suggests_close_names():
+    for name in ("cifar-10", "cifar10x"):
+        with pytest.raises(data.DataError) as err:
+            sources.tfds_source(name, "train")
+        msg = _one_line(err)
+        assert f"unknown dataset {name!r}" in msg and "did you mean 'cifar10'" in msg
+
+
+# --- image folders at scale: one scan per process, same results -------------------------------
+
+
+def _age(root, seconds: float = 60.0) -> None:
+    """Backdate every directory's mtime (a folder written just now is not memoised)."""
+    then = time.time() - seconds
+    for d in [root, *root.rglob("*")]:
+        if d.is_dir():
+            os.utime(d, (then, then))
+
+
+@pytest.fixture
+def scans(monkeypatch):
+    calls = []
+    scan = sources._scan_folder
+    monkeypatch.setattr(
+        sources, "_scan_folder", lambda *a, **k: calls.append(a[0]) or scan(*a, **k)
+    )
+    sources.clear_folder_cache()
+    return calls
+
+
+def test_folder_is_scanned_once_for_source_and_statistics(tmp_path, scans):
+    root = _tiny_folder(tmp_path, n=4, size=(16, 16))
+    _age(root)
+    ds = data.create_dataset(
+        "folder", "train", global_batch_size=8, train=True, image_size=8, data_dir=str(root),
+        normalization="per_pixel_mean", device_count=1, process_count=1, process_index=0,
+    )  # fmt: skip
+    next(iter(ds))
+    assert len(scans) == 1  # open_source and the statistics pass share the scan
+    again = sources.folder_source(root, "train", skip_corrupt=True)
+    assert again is ds.source and len(scans) == 1
+    sources.clear_folder_cache()
+    fresh = sources.folder_source(root, "train")
+    assert fresh is not ds.source and len(scans) == 2
+    assert fresh.paths == ds.source.paths and fresh.encoded == ds.source.encoded
+    np.testing.assert_array_equal(fresh.labels, ds.source.labels)
+
+
+def test_folder_scan_is_redone_after_changes_or_once_unused(tmp_path, scans):
+    import gc
+
+    root = _tiny_folder(tmp_path)
+    _age(root)
+    first = sources.folder_source(root, "train")
+    assert sources.folder_source(root, "train") is first and len(scans) == 1
+    # Another cache setting is another scan (it holds other data).
+    assert sources.folder_source(root, "train", cache=False).encoded is None and len(scans) == 2
+    # A new file changes its class folder's mtime: rescanned, and the file is in.
+    (root / "train" / "b" / "9.jpg").write_bytes((root / "train" / "b" / "0.jpg").read_bytes())
+    second = sources.folder_source(root, "train")
+    assert len(scans) == 3 and len(second) == len(first) + 1
+    # Just written, so not memoised yet (its mtime could still hide a change).
+    assert sources.folder_source(root, "train") is not second and len(scans) == 4
+    _age(root)
+    (root / "train" / "a" / "notes.txt").write_text("not an image")
+    _age(root)
+    with pytest.raises(data.CorruptImageError, match="notes.txt"):
+        sources.folder_source(root, "train")
+    kept = sources.folder_source(root, "train", skip_corrupt=True)
+    # The scan that raised was dropped with its source, but this one is memoised.
+    assert sources.folder_source(root, "train", skip_corrupt=True) is kept
+    assert kept.skipped_files[0].endswith("notes.txt") and len(kept) == len(second)
+    count = len(scans)
+    del first, second, kept
+    gc.collect()
+    sources.folder_source(root, "train", skip_corrupt=True)  # nothing alive held the scan
+    assert len(scans) == count + 1
+
+
+def test_read_all_and_head_match_python_file_reads(tmp_path):
+    rng = np.random.default_rng(0)
+    for size in (0, 15, 4096, (1 << 20) + 3):
+        path = tmp_path / f"f{size}"
+        path.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
+        assert sources._read_all(str(path)) == path.read_bytes()
+        assert sources._read_head(str(path)) == path.read_bytes()[:16]

@@ -80,8 +80,9 @@ class Options:
 
     Input: ``cache`` ("auto": hold encoded bytes in memory when the split is <= 1 GiB;
     True/False); ``skip_corrupt`` (skip and count undecodable folder files instead of raising);
-    ``shuffle_buffer`` (streamed tfds splits only); ``download``/``manual_dir`` (tfds
-    preparation); ``class_names`` (folder: fix the class list and order).
+    ``shuffle_buffer`` (streamed tfds splits only); ``download`` (default True: an
+    unprepared tfds dataset is downloaded and prepared first, as ``tfds.load`` does) and
+    ``manual_dir`` (tfds preparation); ``class_names`` (folder: fix the class list and order).
 
     Distribution: ``process_index``/``process_count`` (default: jax's), ``device_count`` (default
     jax.device_count()). Misc: ``with_index`` adds "index" (position in the split, -1 for
@@ -109,7 +110,7 @@ class Options:
     cache: bool | str = "auto"
     skip_corrupt: bool = False
     shuffle_buffer: int = 16_384
-    download: bool = False
+    download: bool = True  # as tfds.load: prepare an unprepared dataset (offline: DataError)
     manual_dir: str | None = None
     class_names: Sequence[str] | None = None
     process_index: int | None = None
