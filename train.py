@@ -78,11 +78,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from resnet_jax.checkpoint import CheckpointMismatchError, CheckpointSaveError, is_disk_full
     from resnet_jax.data import DataError
+    from resnet_jax.fs import WorkdirError
     from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
     from resnet_jax.training.pretrained import PretrainedError
 
     bad_input = (
-        DataError, CheckpointMismatchError, CheckpointSaveError, PretrainedError, ConfigError
+        DataError, CheckpointMismatchError, CheckpointSaveError, PretrainedError, ConfigError,
+        WorkdirError,  # e.g. gs://... without credentials, or an unknown scheme
     )
     try:
         summary = train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from resnet_jax import fs
 
 PyTree = Any
 
@@ -102,7 +103,8 @@ class Checkpointer:
         async_save: bool = True,
         read_only: bool = False,
     ):
-        self.directory = os.path.abspath(directory)
+        # gs://... is passed to orbax unchanged: it reads and writes GCS itself (etils.epath).
+        self.directory = fs.absolute(directory)
         keepers: list = [policies.LatestN(n=keep)]
         if keep_best:
             keepers.append(

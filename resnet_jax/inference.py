@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import os
 import re
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from resnet_jax import fs
 
 PyTree = Any
 SPEC_VERSION = 1
@@ -127,9 +128,9 @@ class Run:
 
 def checkpoint_dir(path: str) -> str:
     """The orbax checkpoints directory of a workdir (``<path>/checkpoints``) or ``path`` itself."""
-    path = os.path.abspath(os.path.expanduser(path))
-    sub = os.path.join(path, "checkpoints")
-    return sub if os.path.isdir(sub) else path
+    path = fs.absolute(path)  # gs://... unchanged; local: ~ expanded, made absolute
+    sub = fs.join(path, "checkpoints")
+    return sub if fs.isdir(sub) else path
 
 
 def split_step(path: str) -> tuple[str, str]:
@@ -148,7 +149,7 @@ def load_run(path: str, step: str | int = "latest") -> Run:
     if isinstance(step, str) and step == "latest":
         path, step = split_step(path)
     directory = checkpoint_dir(path)
-    if not os.path.isdir(directory):
+    if not fs.isdir(directory):
         raise RunError(f"{path} does not exist; pass a training workdir (it holds checkpoints/)")
     ckpt = Checkpointer(directory, read_only=True, async_save=False)
     steps = ckpt.all_steps()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import signal
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from resnet_jax import fs
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from resnet_jax.inference import InferenceSpec
 from resnet_jax.training import build, optim, pretrained
@@ -97,13 +97,15 @@ def train_and_evaluate(
     validate(config)
     apply_xla_flags(config)  # a no-op where train.py applied them or JAX has started ("auto")
     lead = jax.process_index() == 0
-    workdir = os.path.abspath(workdir)
+    workdir = fs.absolute(workdir)  # gs://... stays as it is (abspath would mangle it)
     precision = build.resolve_precision(config.precision)
     cfg = to_dict(config)
 
+    if lead or fs.is_remote(workdir):  # fail here, with one message, on every worker, on an
+        fs.ensure_writable_dir(workdir)  # unknown scheme, a missing bucket or credentials
     # Resume: the newest complete checkpoint gives the step, and so the data position.
     ckpt = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        fs.join(workdir, "checkpoints"),
         keep=config.keep_checkpoints,
         keep_best=config.keep_best,
         async_save=config.async_checkpointing,
@@ -128,9 +130,7 @@ def train_and_evaluate(
         )
         normalization = init_source.normalization  # our runs: keep the pretrained statistics
     if lead:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
+        fs.write_text(fs.join(workdir, "config.json"), json.dumps(cfg, indent=2))
 
     train_ds, eval_ds = build.create_datasets(config, start_step, precision, normalization)
     spec = build.inference_spec(config, train_ds)
@@ -312,8 +312,7 @@ def train_and_evaluate(
         "workdir": workdir,
     }
     if lead:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        fs.write_text(fs.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
 
 

@@ -9,29 +9,45 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
-from typing import Any
+from typing import IO, Any
+
+from resnet_jax import fs
 
 
 class MetricWriter:
-    """Appends scalars to ``<workdir>/metrics.jsonl`` and ``<workdir>/tensorboard/<split>``."""
+    """Appends scalars to ``<workdir>/metrics.jsonl`` and ``<workdir>/tensorboard/<split>``.
 
-    def __init__(self, workdir: str, enabled: bool = True, tensorboard: bool = True):
+    ``workdir`` may be remote (``gs://...``, see docs/remote_paths.md): there metrics.jsonl is
+    kept open and uploaded on eval rows, every ``remote_flush_s`` seconds and on
+    ``flush()``/``close()`` (each upload rewrites the whole object), like TensorBoard's files.
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        remote_flush_s: float = 60.0,
+    ):
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self._tb_dir = os.path.join(workdir, "tensorboard")
+        self.path = fs.join(workdir, "metrics.jsonl")
+        self._tb_dir = fs.join(workdir, "tensorboard")
         self._tb = tensorboard
         self._writers: dict[str, Any] = {}
+        self._remote = fs.is_remote(workdir)
+        self._remote_flush_s = remote_flush_s
+        self._handle: IO[str] | None = None  # remote only: one append handle for the run
+        self._last_flush = time.time()
         if enabled:
-            os.makedirs(workdir, exist_ok=True)
+            fs.makedirs(workdir)
 
     def _tb_writer(self, split: str):
         if split not in self._writers:
             import tensorflow as tf  # lazy: only the writing process pays the import
 
-            self._writers[split] = tf.summary.create_file_writer(os.path.join(self._tb_dir, split))
+            self._writers[split] = tf.summary.create_file_writer(fs.join(self._tb_dir, split))
         return self._writers[split]
 
     def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
@@ -39,8 +55,7 @@ class MetricWriter:
             return
         row = {"step": int(step), "split": split}
         row.update({k: float(v) for k, v in scalars.items()})
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        self._append(json.dumps(row) + "\n", force_flush=split != "train")
         if self._tb:
             import tensorflow as tf
 
@@ -51,11 +66,29 @@ class MetricWriter:
                     # without needing the tensorboard package installed.
                     tf.summary.write(k, tf.constant(float(v)), step=int(step), metadata=md)
 
+    def _append(self, line: str, force_flush: bool) -> None:
+        if not self._remote:  # local: open/append/close per row, readable at once (as before)
+            with open(self.path, "a") as f:
+                f.write(line)
+            return
+        if self._handle is None:
+            self._handle = fs.open_append(self.path)
+        self._handle.write(line)
+        if force_flush or time.time() - self._last_flush >= self._remote_flush_s:
+            self._handle.flush()
+            self._last_flush = time.time()
+
     def flush(self) -> None:
+        if self._handle is not None:
+            self._handle.flush()
+            self._last_flush = time.time()
         for w in self._writers.values():
             w.flush()
 
     def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
         for w in self._writers.values():
             w.close()
         self._writers.clear()
@@ -70,9 +103,8 @@ def _scalar_metadata():
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """All rows of a metrics.jsonl file."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """All rows of a metrics.jsonl file (local or remote)."""
+    return [json.loads(line) for line in fs.read_text(path).splitlines() if line.strip()]
 
 
 def _fmt(v: float) -> str:
