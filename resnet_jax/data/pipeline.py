@@ -21,17 +21,30 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 
 from resnet_jax.data import augment as aug
 from resnet_jax.data import eval_views, sources
-from resnet_jax.data.sources import CorruptImageError, DataError, IndexSource, TfdsStreamSource
+from resnet_jax.data.normalization import (  # noqa: F401  (re-exported: pipeline.normalizer)
+    IMAGENET_MEAN_STD,
+    KNOWN_MEAN_STD,
+    NORMALIZATIONS,
+    check_normalization_stats,
+    normalization_stats,
+    normalizer,
+    normalizer_from_stats,
+)
+from resnet_jax.data.sources import (  # noqa: F401  (open_source re-exported)
+    SEED_SALT,
+    CorruptImageError,
+    IndexSource,
+    Shard,
+    TfdsStreamSource,
+    open_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +54,7 @@ try:
 except RuntimeError:  # already initialised by someone else; nothing to hide then
     pass
 
-NORMALIZATIONS = ("mean_std", "per_pixel_mean", "imagenet", "none")
-# Per-channel statistics on [0, 1] pixels of the training sets.
-IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-KNOWN_MEAN_STD = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-_SEED_SALT = 0x5EED_DA7A
-_MAX_EPOCHS = 1 << 40
 _DIAGNOSE_MAX_EXAMPLES = 200_000
-_STATS_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,192 +211,30 @@ def _jax_topology(opts: Options) -> tuple[int, int, int]:
     return opts.process_index, opts.process_count, opts.device_count
 
 
-def open_source(
-    name: str, split: str, data_dir: str | None, opts: Options
-) -> IndexSource | TfdsStreamSource:
-    """The source for ``name``/``split`` (see sources.py)."""
-    if name == sources.FOLDER:
-        src = sources.folder_source(
-            data_dir,
-            split,
-            skip_corrupt=opts.skip_corrupt,
-            cache=opts.cache,
-            class_names=opts.class_names,
-        )
-        if opts.skip_corrupt:
-            bad = sources.find_undecodable(src)
-            if bad:
-                src = sources.drop_examples(src, bad)
-        if src.skipped_files:
-            log.warning("%s: skipped %d corrupt file(s)", src.name, len(src.skipped_files))
-        if len(src) == 0:
-            raise DataError(f"{src.name}: no readable images")
-        return src
-    if name == sources.DIGITS:
-        return sources.digits_source(split)
-    return sources.tfds_source(
-        name,
-        split,
-        data_dir=data_dir,
-        download=opts.download,
-        manual_dir=opts.manual_dir,
-        cache=opts.cache,
-    )
-
-
-def _estimate_stats(
-    name: str, data_dir: str | None, image_size: int, opts: Options, split: str, limit: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean image [H, W, 3], channel mean [3], channel std [3]) over up to
-    ``stats_max_examples`` evenly spaced training images at the output size."""
-    stats_split = opts.stats_split or "train"
-    if name == sources.FOLDER and opts.stats_split is None and data_dir is not None:
-        # A folder without a "train" split is normalised with its own statistics.
-        stats_split = "train" if (Path(data_dir) / "train").is_dir() else split
-    limit = opts.stats_max_examples or limit
-    key = (name, str(data_dir), stats_split, image_size, limit, opts.resize_method)
-    if key in _STATS_CACHE:
-        return _STATS_CACHE[key]
-    if name == sources.FOLDER:
-        # Non-image files are skipped here and undecodable ones by the decode pass below, so the
-        # statistics take one decode of the split (a separate probe pass would double it).
-        src = sources.folder_source(data_dir, stats_split, skip_corrupt=True, cache=opts.cache,
-                                    class_names=opts.class_names)
-    else:
-        src = open_source(name, stats_split, data_dir, opts)
-    if not isinstance(src, IndexSource):
-        raise DataError(
-            f"cannot estimate normalisation statistics of the streamed dataset {name!r}; "
-            "pass mean=..., std=... or normalization='mean_std' with known constants"
-        )
-    n = len(src)
-    idx = np.linspace(0, n - 1, num=min(n, limit)).round().astype(np.int64)
-    lookup = src.lookup_fn()
-    ds = tf.data.Dataset.from_tensor_slices(np.unique(idx))
-    ds = ds.map(
-        lambda i: eval_views.center(lookup(i), image_size, 1.0, opts.resize_method),
-        num_parallel_calls=tf.data.AUTOTUNE,
-    ).ignore_errors().batch(256)
-    total = np.zeros((image_size, image_size, 3))
-    total_sq = np.zeros(3)
-    count = 0
-    for batch in ds.as_numpy_iterator():
-        b = batch.astype(np.float64)
-        total += b.sum(axis=0)
-        total_sq += (b**2).sum(axis=(0, 1, 2))
-        count += len(b)
-    if count == 0:
-        raise DataError(f"{src.name}: no decodable images to estimate normalisation statistics")
-    mean_img = total / count
-    mean = mean_img.mean(axis=(0, 1))
-    std = np.sqrt(np.maximum(total_sq / (count * image_size**2) - mean**2, 1e-12))
-    _STATS_CACHE[key] = (mean_img.astype(np.float32), mean, std)
-    return _STATS_CACHE[key]
-
-
-def normalization_stats(
-    name: str, data_dir: str | None, image_size: int, split: str, opts: Options
-) -> dict[str, Any]:
-    """The normalisation this dataset and options stand for, resolved to numbers: one of
-    ``{"kind": "none"}``, ``{"kind": "mean_std", "mean": [3], "std": [3]}`` (per channel, on
-    [0, 1] pixels) or ``{"kind": "per_pixel_mean", "mean_image": float32 [H, W, 3]}``.
-
-    ``opts.normalization_stats`` (a dict of this form, e.g. recorded with a run) is used as it
-    is; otherwise statistics are estimated from the training split where needed (folders,
-    digits). Runs record the result so inference never re-reads the training data.
-    """
-    if opts.normalization_stats is not None:
-        return check_normalization_stats(opts.normalization_stats)
-    if opts.normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, not {opts.normalization}")
-    if opts.normalization == "none":
-        return {"kind": "none"}
-    if opts.normalization == "per_pixel_mean":
-        # 2015 paper §4.2 (CIFAR) and §3.4 (ImageNet): "the per-pixel mean subtracted".
-        mean_img = _estimate_stats(name, data_dir, image_size, opts, split, 50_000)[0]
-        return {"kind": "per_pixel_mean", "mean_image": mean_img}
-    if opts.normalization == "imagenet":
-        # What torchvision's (and timm's) ImageNet weights expect, on [0, 1] pixels.
-        mean, std = IMAGENET_MEAN_STD
-    elif opts.mean is not None or opts.std is not None:
-        if opts.mean is None or opts.std is None:
-            raise ValueError("pass both mean and std (per channel, for [0, 1] pixels)")
-        mean, std = opts.mean, opts.std
-    elif name in KNOWN_MEAN_STD:
-        mean, std = KNOWN_MEAN_STD[name]
-    elif name in (sources.FOLDER, sources.DIGITS):
-        _, mean, std = _estimate_stats(name, data_dir, image_size, opts, split, 2_000)
-    else:
-        mean, std = IMAGENET_MEAN_STD
-    return {"kind": "mean_std", "mean": [float(m) for m in np.reshape(mean, 3)],
-            "std": [float(s) for s in np.reshape(std, 3)]}
-
-
-def check_normalization_stats(stats: dict[str, Any]) -> dict[str, Any]:
-    """``stats`` if it is a well-formed normalisation (see ``normalization_stats``), else a
-    ``ValueError`` naming what is wrong."""
-    kind = stats.get("kind") if isinstance(stats, dict) else None
-    if kind == "none":
-        return stats
-    if kind == "mean_std" and np.shape(stats.get("mean")) == (3,) and np.shape(
-        stats.get("std")
-    ) == (3,):
-        return stats
-    if kind == "per_pixel_mean" and np.ndim(stats.get("mean_image")) == 3:
-        return stats
-    raise ValueError(
-        f"malformed normalisation statistics {str(stats)[:200]}: expected kind 'none', "
-        "'mean_std' with 3 means and stds, or 'per_pixel_mean' with an [H, W, 3] mean image"
-    )
-
-
-def normalizer_from_stats(stats: dict[str, Any]):
-    """A function from a float image [..., h, w, 3] in [0, 1] to the normalised image."""
-    stats = check_normalization_stats(stats)
-    if stats["kind"] == "none":
-        return lambda img: img
-    if stats["kind"] == "per_pixel_mean":
-        mean_img = np.asarray(stats["mean_image"], np.float32)
-
-        def sub_mean(img):
-            hw = tuple(img.shape[-3:-1])
-            m = mean_img if hw == mean_img.shape[:2] else tf.image.resize(mean_img, hw)
-            return img - tf.convert_to_tensor(m, tf.float32)  # resized: already a tensor
-
-        return sub_mean
-    mean_t = tf.constant(np.asarray(stats["mean"], np.float32).reshape(3))
-    inv_std = tf.constant(1.0 / np.asarray(stats["std"], np.float32).reshape(3))
-    return lambda img: (img - mean_t) * inv_std
-
-
-def normalizer(name: str, data_dir: str | None, image_size: int, split: str, opts: Options):
-    """The normalisation the pipeline applies for this dataset and options: a function from a
-    float image [..., h, w, 3] in [0, 1] to the normalised image (statistics of ``split`` where
-    they are estimated)."""
-    return normalizer_from_stats(normalization_stats(name, data_dir, image_size, split, opts))
-
-
 def _example_seed(seed: int, epoch: tf.Tensor, position: tf.Tensor) -> tf.Tensor:
     """Stateless per-example seed from (run seed, epoch, position in epoch)."""
     # One fold-in of (epoch, position) packed in 64 bits: positions < 2**40, epochs < 2**23.
     data = tf.cast(epoch, tf.int64) * (1 << 40) + tf.cast(position, tf.int64)
-    return tf.random.experimental.stateless_fold_in(tf.constant([seed, _SEED_SALT], tf.int64), data)
+    return tf.random.experimental.stateless_fold_in(tf.constant([seed, SEED_SALT], tf.int64), data)
 
 
-def _epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
-    return tf.random.experimental.stateless_fold_in(
-        tf.constant([seed, _SEED_SALT + 1], tf.int64), tf.cast(epoch, tf.int64)
-    )
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """All of one train augmentation preset. ``per_example(encoded, seed)`` runs in tf.data:
+    {"image": float32 in [0, 1] (or uint8 pixels), ...its random parameters}; ``per_batch(images,
+    batch)`` runs on the normalised batch: on the host for float output, while for uint8 output
+    the device runs its twin, named in ``device_steps`` (``data.device.finish``)."""
+
+    per_example: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]
+    per_batch: Callable[[tf.Tensor, dict[str, tf.Tensor]], tf.Tensor] | None = None
+    device_steps: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _train_transform(augment: str, image_size: int, opts: Options, uint8: bool = False):
-    """(encoded, seed) -> {"image": float32 [image_size, image_size, 3] in [0, 1], ...}.
-
-    Normalisation (and the CIFAR pad/crop/flip) run per batch afterwards: see ``_finish``. With
-    ``uint8`` the image stays uint8 pixels (resized ones rounded) and what needs floats is left
-    to the device as per-example parameters: the CIFAR crop and flip (``crop_yx``, ``flip``) and
-    the lighting noise (``lighting``, an RGB offset on [0, 1] pixels); see ``data.device``.
-    """
+def _train_preset(augment: str, image_size: int, opts: Options, uint8: bool = False) -> Preset:
+    """The ``augment`` preset. With ``uint8`` the image stays uint8 pixels (resized ones rounded)
+    and what needs floats is left to the device as per-example parameters: the CIFAR crop and
+    flip (``crop_yx``, ``flip``) and the lighting noise (``lighting``, an RGB offset on [0, 1]
+    pixels); see ``data.device``."""
     method = opts.resize_method
     crop_fraction = opts.crop_fraction or eval_views.default_crop_fraction(image_size)
 
@@ -405,6 +246,10 @@ def _train_transform(augment: str, image_size: int, opts: Options, uint8: bool =
         # 2015 paper §4.2: the whole 32x32 image, padded by 4 and randomly cropped, per batch.
         img = eval_views.center(encoded, image_size, 1.0, method, uint8)
         return {"image": img, **aug.cifar_params(seed, opts.cifar_pad, opts.flip)}
+
+    def cifar_per_batch(images, batch):
+        # After normalisation, so the zero pad is the mean colour.
+        return aug.cifar_apply(images, batch.pop("crop_yx"), batch.pop("flip"), opts.cifar_pad)
 
     def finish(img, s_light, s_jit, s_flip):
         out = {}
@@ -441,7 +286,12 @@ def _train_transform(augment: str, image_size: int, opts: Options, uint8: bool =
         )
         return finish(aug.resize(crop, image_size, method, uint8), None, s_jit, s_flip)
 
-    table = {"none": none, "cifar": cifar, "resnet_paper": resnet_paper, "inception": inception}
+    table = {
+        "none": Preset(none),
+        "cifar": Preset(cifar, cifar_per_batch, {"cifar_pad": opts.cifar_pad}),
+        "resnet_paper": Preset(resnet_paper),
+        "inception": Preset(inception),
+    }
     if augment not in table:
         raise ValueError(f"augment must be one of {aug.PRESETS}, not {augment!r}")
     return table[augment]
@@ -467,19 +317,26 @@ def _eval_transform(view: str, image_size: int, opts: Options, uint8: bool = Fal
     raise ValueError(f"eval_view must be one of {eval_views.VIEWS}, not {view!r}")
 
 
-def _finish(normalize, out_dtype: tf.DType, cifar_pad: int | None):
-    """Per-batch tail: normalise, CIFAR pad/crop/flip (train preset "cifar"), cast. Not used
-    for uint8 output, whose tail runs on the device (``data.device.finish``)."""
+def _finish(normalize, out_dtype: tf.DType, per_batch):
+    """Per-batch tail on the host: normalise, the preset's per-batch part, cast. Not used for
+    uint8 output, whose tail runs on the device (``data.device.finish``)."""
 
     def finish(batch):
         batch = dict(batch)
         image = tf.nest.map_structure(normalize, batch["image"])
-        if cifar_pad is not None:
-            image = aug.cifar_apply(image, batch.pop("crop_yx"), batch.pop("flip"), cifar_pad)
+        if per_batch is not None:
+            image = per_batch(image, batch)
         batch["image"] = tf.nest.map_structure(lambda t: tf.cast(t, out_dtype), image)
         return batch
 
     return finish
+
+
+def _with_label(out: dict, ex: dict, with_index: bool) -> dict:
+    out.update(label=ex["label"], mask=tf.constant(True))
+    if with_index:
+        out["index"] = ex["index"]
+    return out
 
 
 def _padding_like(ds: tf.data.Dataset, count: int) -> tf.data.Dataset:
@@ -557,20 +414,8 @@ def create_dataset(
 
     source = open_source(name, split, data_dir, opts)
     stats = normalization_stats(name, data_dir, image_size, split, opts)
-    normalize = normalizer_from_stats(stats)
-    out_dtype = {"bfloat16": tf.bfloat16, "float32": tf.float32, "uint8": tf.uint8}[dtype]
-    n = len(source) if isinstance(source, IndexSource) else source.num_examples
-
-    if isinstance(source, IndexSource):
-        lookup = source.lookup_fn()
-        labels = tf.constant(source.labels, tf.int32)
-
-        def load(ex):
-            return dict(ex, encoded=lookup(ex["index"]), label=tf.gather(labels, ex["index"]))
-    else:
-
-        def load(ex):
-            return ex
+    shard = Shard(seed=seed, process_index=pidx, process_count=pcount, local_batch=local_batch)
+    n = source.num_examples
 
     if train:
         steps = n // global_batch_size
@@ -579,96 +424,43 @@ def create_dataset(
                 f"{name}/{split} has {n} examples, fewer than global_batch_size "
                 f"{global_batch_size}: not one full training batch"
             )
-        transform = _train_transform(augment, image_size, opts, uint8)
-        view_sizes = (image_size,)
         first_epoch, skip_batches = divmod(start_step, steps)
-        if isinstance(source, IndexSource):
-            positions = np.arange(steps * global_batch_size).reshape(steps, pcount, local_batch)
-            my_positions = tf.constant(positions[:, pidx, :].reshape(-1), tf.int64)
-
-            def epoch_examples(epoch):
-                keys = tf.random.stateless_uniform([n], _epoch_seed(seed, epoch))
-                perm = tf.argsort(keys, stable=True)
-                return tf.data.Dataset.from_tensor_slices(
-                    {
-                        "index": tf.cast(tf.gather(perm, my_positions), tf.int64),
-                        "position": my_positions,
-                        "epoch": tf.fill(tf.shape(my_positions), epoch),
-                    }
-                )
-        else:
-            start, end = source.shard_bounds(pidx, pcount)
-            per_epoch = steps * local_batch  # <= end - start since n // P >= steps * L
-            stored = tf.data.Dataset.zip(
-                tf.data.Dataset.range(start, end), source.read(start, end)
-            ).map(lambda i, ex: dict(ex, index=i))
-            buffer = max(1, min(opts.shuffle_buffer, end - start))
-
-            def epoch_examples(epoch):
-                shuffle_seed = _epoch_seed(seed, epoch)[0]
-                ds = stored.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
-                return (
-                    ds.take(per_epoch)
-                    .enumerate()
-                    .map(lambda i, ex: dict(ex, position=pidx * per_epoch + i, epoch=epoch))
-                )
-
-        ds = tf.data.Dataset.range(first_epoch, _MAX_EPOCHS).flat_map(epoch_examples)
-        # Skipping before the map: no decoding for the skipped part of the first epoch.
-        ds = ds.skip(skip_batches * local_batch)
+        # Skipping before the load and decode: nothing is read for the skipped batches.
+        records = source.train_examples(shard, steps, first_epoch, opts.shuffle_buffer)
+        records = records.skip(skip_batches * local_batch)
+        preset = _train_preset(augment, image_size, opts, uint8)
+        load = source.load_fn()
 
         def train_map(ex):
             ex = load(ex)
-            out = transform(ex["encoded"], _example_seed(seed, ex["epoch"], ex["position"]))
-            out.update(label=ex["label"], mask=tf.constant(True))
-            if opts.with_index:
-                out["index"] = ex["index"]
-            return out
+            seed_ex = _example_seed(seed, ex["epoch"], ex["position"])
+            out = preset.per_example(ex["encoded"], seed_ex)
+            return _with_label(out, ex, opts.with_index)
 
-        ds = ds.map(train_map, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
+        ds = records.map(train_map, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
         ds = ds.batch(local_batch, drop_remainder=True)
-        finish = _finish(normalize, out_dtype, opts.cifar_pad if augment == "cifar" else None)
-        device_steps = {"cifar_pad": opts.cifar_pad} if augment == "cifar" else {}
+        view_sizes = (image_size,)
     else:
+        records, num_pad, steps = source.eval_examples(shard)
         transform, view_sizes = _eval_transform(eval_view, image_size, opts, uint8)
-        if isinstance(source, IndexSource):
-            steps = math.ceil(n / global_batch_size)
-            positions = np.arange(steps * global_batch_size).reshape(steps, pcount, local_batch)
-            mine = positions[:, pidx, :].reshape(-1)
-            # Only the last global batch runs past the split; its padding ends this process's
-            # slice, so real examples come first and padding last.
-            real = mine[mine < n]
-            ds = tf.data.Dataset.from_tensor_slices({"index": tf.constant(real, tf.int64)})
-            num_pad = len(mine) - len(real)
-        else:
-            start, end = source.shard_bounds(pidx, pcount)
-            steps = math.ceil(math.ceil(n / pcount) / local_batch)
-            ds = tf.data.Dataset.zip(
-                tf.data.Dataset.range(start, end), source.read(start, end)
-            ).map(lambda i, ex: dict(ex, index=i))
-            num_pad = steps * local_batch - (end - start)
+        load = source.load_fn()
 
         def eval_map(ex):
             ex = load(ex)
-            out = {
-                "image": transform(ex["encoded"]),
-                "label": ex["label"],
-                "mask": tf.constant(True),
-            }
-            if opts.with_index:
-                out["index"] = ex["index"]
-            return out
+            return _with_label({"image": transform(ex["encoded"])}, ex, opts.with_index)
 
-        ds = ds.map(eval_map, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
+        ds = records.map(eval_map, num_parallel_calls=opts.num_parallel_calls, deterministic=True)
         if num_pad:
             ds = ds.concatenate(_padding_like(ds, num_pad))
         ds = ds.batch(local_batch, drop_remainder=True)
         if start_step:
             ds = ds.skip(start_step)
-        finish = _finish(normalize, out_dtype, None)
-        device_steps = {}
+        preset = Preset(per_example=transform)  # evaluation views: nothing per batch
 
+    # The per-batch tail: on the host for normalised output, on the device for uint8.
     if not uint8:
+        out_dtype = {"bfloat16": tf.bfloat16, "float32": tf.float32}[dtype]
+        finish = _finish(normalizer_from_stats(stats), out_dtype, preset.per_batch)
         ds = ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.prefetch(tf.data.AUTOTUNE)
     tf_opts = tf.data.Options()
@@ -687,5 +479,5 @@ def create_dataset(
         local_batch_size=local_batch,
         view_sizes=view_sizes,
         normalization=stats,
-        device_steps=device_steps if uint8 else None,
+        device_steps=dict(preset.device_steps) if uint8 else None,
     )

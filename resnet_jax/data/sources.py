@@ -15,6 +15,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
+import math
 import os
 import threading
 import time
@@ -22,9 +23,12 @@ import urllib.parse
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
+
+from resnet_jax import fs
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,30 @@ DEFAULT_CACHE_MAX_BYTES = 1 << 30
 # Names the pipeline routes to the built-in sources instead of tfds.
 FOLDER = "folder"
 DIGITS = "digits"
+
+
+# Seeds of the stream: runs with equal seeds read identical batches, and a resumed stream equals
+# the uninterrupted one (every choice is a pure function of (seed, epoch, position)).
+SEED_SALT = 0x5EED_DA7A
+MAX_EPOCHS = 1 << 40
+
+
+def epoch_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """Stateless seed of epoch ``epoch``'s shuffle."""
+    return tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, SEED_SALT + 1], tf.int64), tf.cast(epoch, tf.int64)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """This process's share of a stream of global batches: ``process_count`` processes each
+    take ``local_batch`` examples of every global batch."""
+
+    seed: int
+    process_index: int
+    process_count: int
+    local_batch: int
 
 
 class DataError(ValueError):
@@ -80,6 +108,60 @@ class IndexSource:
         paths = tf.constant(self.paths, dtype=tf.string)
         return lambda i: tf.io.read_file(tf.gather(paths, i))
 
+    # ---- the source interface (shared with TfdsStreamSource) --------------------------------
+    @property
+    def num_examples(self) -> int:
+        return len(self.labels)
+
+    def train_examples(
+        self, shard: Shard, steps: int, first_epoch: int, shuffle_buffer: int
+    ) -> tf.data.Dataset:
+        """Records {index, position, epoch} of this process from ``first_epoch`` on, forever.
+
+        Epoch e is a permutation of the whole split seeded by (seed, e); global batch b is
+        positions [b*G, (b+1)*G) of it and this process takes its slice [p*L, (p+1)*L).
+        """
+        del shuffle_buffer  # a full permutation: random access needs no buffer
+        n, pcount, local = self.num_examples, shard.process_count, shard.local_batch
+        positions = np.arange(steps * pcount * local).reshape(steps, pcount, local)
+        mine = tf.constant(positions[:, shard.process_index, :].reshape(-1), tf.int64)
+
+        def epoch_examples(epoch):
+            keys = tf.random.stateless_uniform([n], epoch_seed(shard.seed, epoch))
+            perm = tf.argsort(keys, stable=True)
+            return tf.data.Dataset.from_tensor_slices(
+                {
+                    "index": tf.cast(tf.gather(perm, mine), tf.int64),
+                    "position": mine,
+                    "epoch": tf.fill(tf.shape(mine), epoch),
+                }
+            )
+
+        return tf.data.Dataset.range(first_epoch, MAX_EPOCHS).flat_map(epoch_examples)
+
+    def eval_examples(self, shard: Shard) -> tuple[tf.data.Dataset, int, int]:
+        """(records {index} of this process, padding to add, batches): one pass in order."""
+        n, pcount, local = self.num_examples, shard.process_count, shard.local_batch
+        steps = math.ceil(n / (pcount * local))
+        positions = np.arange(steps * pcount * local).reshape(steps, pcount, local)
+        mine = positions[:, shard.process_index, :].reshape(-1)
+        # Only the last global batch runs past the split; its padding ends this process's
+        # slice, so real examples come first and padding last.
+        real = mine[mine < n]
+        records = tf.data.Dataset.from_tensor_slices({"index": tf.constant(real, tf.int64)})
+        return records, len(mine) - len(real), steps
+
+    def load_fn(self) -> Callable[[dict], dict]:
+        """record -> record with its ``encoded`` bytes and ``label`` (runs in the parallel map,
+        after any skipping, so skipped records are never read)."""
+        lookup = self.lookup_fn()
+        labels = tf.constant(self.labels, tf.int32)
+
+        def load(ex: dict) -> dict:
+            return dict(ex, encoded=lookup(ex["index"]), label=tf.gather(labels, ex["index"]))
+
+        return load
+
 
 @dataclasses.dataclass
 class TfdsStreamSource:
@@ -92,6 +174,45 @@ class TfdsStreamSource:
     class_names: list[str]
     image_key: str
     label_key: str
+
+    def train_examples(
+        self, shard: Shard, steps: int, first_epoch: int, shuffle_buffer: int
+    ) -> tf.data.Dataset:
+        """Records {encoded, label, index, position, epoch} of this process, forever: its
+        contiguous slice of the split, each epoch shuffled through a buffer seeded by
+        (seed, epoch) and cut to ``steps`` local batches."""
+        start, end = self.shard_bounds(shard.process_index, shard.process_count)
+        per_epoch = steps * shard.local_batch  # <= end - start since n // P >= steps * L
+        stored = self._indexed(start, end)
+        buffer = max(1, min(shuffle_buffer, end - start))
+        offset = shard.process_index * per_epoch
+
+        def epoch_examples(epoch):
+            shuffle_seed = epoch_seed(shard.seed, epoch)[0]
+            ds = stored.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+            return (
+                ds.take(per_epoch)
+                .enumerate()
+                .map(lambda i, ex: dict(ex, position=offset + i, epoch=epoch))
+            )
+
+        return tf.data.Dataset.range(first_epoch, MAX_EPOCHS).flat_map(epoch_examples)
+
+    def eval_examples(self, shard: Shard) -> tuple[tf.data.Dataset, int, int]:
+        """(records of this process's contiguous slice, padding to add, batches)."""
+        start, end = self.shard_bounds(shard.process_index, shard.process_count)
+        pcount, local = shard.process_count, shard.local_batch
+        steps = math.ceil(math.ceil(self.num_examples / pcount) / local)
+        return self._indexed(start, end), steps * local - (end - start), steps
+
+    def load_fn(self) -> Callable[[dict], dict]:
+        """Records already hold their bytes and label (read from the record files)."""
+        return lambda ex: ex
+
+    def _indexed(self, start: int, end: int) -> tf.data.Dataset:
+        return tf.data.Dataset.zip(tf.data.Dataset.range(start, end), self.read(start, end)).map(
+            lambda i, ex: dict(ex, index=i)
+        )
 
     def shard_bounds(self, process_index: int, process_count: int) -> tuple[int, int]:
         """[start, end) of this process's contiguous slice of the split (like tfds.even_splits)."""
@@ -172,11 +293,15 @@ def _read_files(paths: Sequence[str], read: Callable[[str], bytes]) -> list[byte
     return data
 
 
-def folder_classes(root: Path) -> list[str]:
+def folder_classes(root: str | os.PathLike) -> list[str]:
     """Class names of an image-folder dataset: sorted union of class folders over all splits.
 
     Taking the union keeps label ids identical between e.g. ``train`` and ``val``.
     """
+    if fs.is_remote(str(root)):
+        splits = _remote_dirs(str(root))
+        return sorted({c for s in splits for c in _remote_dirs(fs.join(str(root), s))})
+    root = Path(root)
     names: set[str] = set()
     for split_dir in root.iterdir():
         if split_dir.is_dir() and not split_dir.name.startswith("."):
@@ -237,6 +362,8 @@ def folder_source(
     """
     if root is None:
         raise DataError('name="folder" needs data_dir=<root> holding <root>/<split>/<class>/*')
+    if fs.is_remote(str(root)):
+        return _remote_folder_source(str(root), split, cache=cache, class_names=class_names)
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder root {str(root)!r} does not exist or is not a directory")
@@ -281,6 +408,69 @@ def folder_source(
     if bad:
         log.warning("skipping %d non-image file(s) in %s", len(bad), split_dir)
     return source
+
+
+def _remote_dirs(path: str) -> list[str]:
+    """Visible sub-directory names of a remote directory (tf.io.gfile)."""
+    import tensorflow as tf
+
+    out = []
+    for entry in tf.io.gfile.listdir(path):
+        name = entry.rstrip("/")
+        if name[:1] != "." and tf.io.gfile.isdir(fs.join(path, name)):
+            out.append(name)
+    return sorted(out)
+
+
+def _remote_folder_source(
+    root: str, split: str, *, cache: bool | str, class_names: Sequence[str] | None
+) -> IndexSource:
+    """An image folder on ``gs://`` (or any tf.io.gfile scheme): listed through tf.io.gfile and
+    read on demand by ``tf.io.read_file`` (``cache=True`` reads every file up front). Files are
+    checked by extension only: a header check would cost one request per file; undecodable files
+    are reported when decoded, as for local folders."""
+    import tensorflow as tf
+
+    try:
+        ok = tf.io.gfile.isdir(root)
+    except tf.errors.OpError as e:
+        raise DataError(f"cannot read image folder {root!r} ({e.message.splitlines()[0]}); "
+                        "check the path and credentials, or copy the folder locally") from None
+    if not ok:
+        raise DataError(f"image folder root {root!r} does not exist or is not a directory")
+    split_dir = fs.join(root, split)
+    if not tf.io.gfile.isdir(split_dir):
+        raise DataError(f"split {split!r} not found in image folder {root!r}: no directory "
+                        f"{split_dir!r}; available splits: {_remote_dirs(root)}")
+    names = list(class_names) if class_names is not None else folder_classes(root)
+    present = _remote_dirs(split_dir)
+    unknown = sorted(set(present) - set(names))
+    if unknown:
+        raise DataError(f"class folders {unknown} in {split_dir!r} are not in class_names")
+    if not present:
+        raise DataError(f"split folder {split_dir!r} has no class sub-directories")
+    paths: list[str] = []
+    labels: list[int] = []
+    for label, name in enumerate(names):
+        if name not in present:
+            continue
+        class_dir = fs.join(split_dir, name)
+        files = sorted(
+            f for f in tf.io.gfile.listdir(class_dir)
+            if not f.endswith("/") and f[:1] != "." and f.lower().endswith(IMAGE_EXTENSIONS)
+        )
+        if not files:
+            raise DataError(f"class folder {class_dir!r} contains no image files")
+        paths.extend(fs.join(class_dir, f) for f in files)
+        labels.extend([label] * len(files))
+    encoded = None
+    if cache is True:
+        encoded = []
+        for p in paths:
+            with tf.io.gfile.GFile(p, "rb") as f:
+                encoded.append(f.read())
+    return IndexSource(name=f"folder:{split_dir}", labels=np.asarray(labels, np.int32),
+                       class_names=names, encoded=encoded, paths=paths)
 
 
 def _scan_folder(
@@ -623,3 +813,37 @@ def _prepare(builder, name: str, manual_dir: str | None) -> None:
             f"tfds dataset {name!r} is not prepared in {where!r} and could not be downloaded "
             f"and prepared ({_cause(e)}); {why}"
         ) from e
+
+
+def open_source(
+    name: str, split: str, data_dir: str | None, opts: Any
+) -> IndexSource | TfdsStreamSource:
+    """The source for ``name``/``split`` with ``opts`` (``pipeline.Options``): an image folder,
+    the digits, or a tfds dataset (held in memory when small, streamed when large)."""
+    if name == FOLDER:
+        src = folder_source(
+            data_dir,
+            split,
+            skip_corrupt=opts.skip_corrupt,
+            cache=opts.cache,
+            class_names=opts.class_names,
+        )
+        if opts.skip_corrupt:
+            bad = find_undecodable(src)
+            if bad:
+                src = drop_examples(src, bad)
+        if src.skipped_files:
+            log.warning("%s: skipped %d corrupt file(s)", src.name, len(src.skipped_files))
+        if len(src) == 0:
+            raise DataError(f"{src.name}: no readable images")
+        return src
+    if name == DIGITS:
+        return digits_source(split)
+    return tfds_source(
+        name,
+        split,
+        data_dir=data_dir,
+        download=opts.download,
+        manual_dir=opts.manual_dir,
+        cache=opts.cache,
+    )

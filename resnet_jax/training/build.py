@@ -4,7 +4,6 @@ the experiments and the benchmarks all go through here)."""
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -112,7 +111,7 @@ def create_eval_dataset(
 
     spec_options = spec.data_options() if spec is not None else {}
     if spec is not None and config.dataset == data.sources.FOLDER and config.data_dir:
-        present = data.sources.folder_classes(Path(config.data_dir))
+        present = data.sources.folder_classes(config.data_dir)
         if not set(present) <= set(spec.class_names):
             _class_mismatch(f"{config.data_dir}", present, spec)
         spec_options["class_names"] = list(spec.class_names)  # the run's label ids
