@@ -120,3 +120,24 @@ def test_evaluate_command_on_torchvision_weights_matches_pytorch(tmp_path, capsy
     assert total == 359
     assert result["top1"] == pytest.approx(correct / total, abs=1e-9)
     assert result["top5"] == pytest.approx(top5 / total, abs=1e-9)
+
+
+def test_evaluate_torchvision_normalization_flag(tmp_path, capsys):
+    """--normalization imagenet is what torchvision's weights expect; it changes the input."""
+    import json
+
+    from resnet_jax.training import evaluate
+
+    net = torch_reference.build("resnet18", num_classes=10)
+    torch_reference.randomize(net, 7)
+    path = tmp_path / "resnet18.pth"
+    torch.save(net.state_dict(), path)
+    args = ["--torchvision", str(path), "--model", "resnet18", "--dataset", "digits",
+            "--split", "test", "--image_size", "16", "--batch_size", "64"]
+    losses = []
+    for extra in ([], ["--normalization", "imagenet"]):
+        assert evaluate.main(args + extra) == 0
+        losses.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1][8:])["loss"])
+    assert losses[0] != losses[1]
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir", str(tmp_path), "--normalization", "imagenet"])

@@ -6,7 +6,8 @@
     python -m resnet_jax.training.evaluate --workdir runs/ft --dataset folder --data_dir my_photos \
         --split val
     python -m resnet_jax.training.evaluate --torchvision resnet50.pth --model resnet50 \
-        --dataset imagenet2012 --split validation --image_size 224
+        --dataset folder --data_dir my_imagenet_val --split val --image_size 224 \
+        --normalization imagenet
 
 A run is evaluated with what its checkpoint recorded (class names, normalisation, eval
 preprocessing), on its own eval split or any split or folder with the same classes. Several
@@ -30,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from resnet_jax.data.eval_views import VIEWS
+from resnet_jax.data.normalization import NORMALIZATIONS
 from resnet_jax.inference import Run, RunError, load_run
 from resnet_jax.training import build
 from resnet_jax.training.config import ConfigError, apply_override, default_config
@@ -126,11 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", help="dataset directory (default: the run's)")
     p.add_argument("--split", help="split (default: the run's eval split)")
     p.add_argument("--image_size", type=int, help="image size (default: the run's)")
+    p.add_argument("--normalization", choices=NORMALIZATIONS,
+                   help="with --torchvision: 'imagenet' for torchvision's ImageNet weights "
+                        "(default: the dataset's); runs use their recorded normalisation")
     p.add_argument("--view", default="center", choices=VIEWS)
     p.add_argument("--batch_size", type=int, default=0, help="global batch (default: the run's)")
     args = p.parse_args(argv)
     if bool(args.workdir) == bool(args.torchvision):
         p.error("pass --workdir (one or more) or --torchvision")
+    if args.normalization and args.workdir:
+        p.error("--normalization is for --torchvision; a run uses its recorded normalisation")
     from resnet_jax.data import DataError
 
     try:
@@ -162,6 +169,8 @@ def _evaluate(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
         )
         config = default_config()
         config.model = args.model
+        if args.normalization:
+            config.dataset_options.normalization = args.normalization
         source = args.torchvision
     for key, value in (
         ("dataset", args.dataset),
