@@ -50,22 +50,13 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
-def _path_str(path: tuple) -> str:
-    names = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                names.append(str(getattr(k, attr)))
-                break
-        else:
-            names.append(str(k))
-    return "/".join(names)
-
-
 def tree_signature(tree: PyTree) -> dict[str, tuple[int, ...]]:
     """``{"params/Conv_0/kernel": shape, ...}`` for every array leaf of a tree or its metadata."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_str(p): tuple(getattr(x, "shape", np.shape(x))) for p, x in leaves}
+    return {
+        jax.tree_util.keystr(p, simple=True, separator="/"): tuple(getattr(x, "shape", np.shape(x)))
+        for p, x in leaves
+    }
 
 
 def describe_mismatch(

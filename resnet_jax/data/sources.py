@@ -298,17 +298,17 @@ def folder_classes(root: str | os.PathLike) -> list[str]:
 
     Taking the union keeps label ids identical between e.g. ``train`` and ``val``.
     """
-    if fs.is_remote(str(root)):
-        splits = _remote_dirs(str(root))
-        return sorted({c for s in splits for c in _remote_dirs(fs.join(str(root), s))})
-    root = Path(root)
-    names: set[str] = set()
-    for split_dir in root.iterdir():
-        if split_dir.is_dir() and not split_dir.name.startswith("."):
-            names.update(
-                d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith(".")
-            )
-    return sorted(names)
+    root = os.fspath(root)
+    return sorted({c for split in _subdirs(root) for c in _subdirs(fs.join(root, split))})
+
+
+def _subdirs(path: str) -> list[str]:
+    """Sorted visible sub-directory names of a local or remote (tf.io.gfile) directory."""
+    if not fs.is_remote(path):
+        return sorted(e.name for e in os.scandir(path) if e.is_dir() and e.name[:1] != ".")
+    gfile = tf.io.gfile
+    names = (entry.rstrip("/") for entry in gfile.listdir(path))
+    return sorted(n for n in names if n[:1] != "." and gfile.isdir(fs.join(path, n)))
 
 
 # Scans of image folders, reused while the source they made is alive (see folder_source).
@@ -362,35 +362,39 @@ def folder_source(
     """
     if root is None:
         raise DataError('name="folder" needs data_dir=<root> holding <root>/<split>/<class>/*')
-    if fs.is_remote(str(root)):
-        return _remote_folder_source(str(root), split, cache=cache, class_names=class_names)
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"image folder root {str(root)!r} does not exist or is not a directory")
-    split_dir = root / split
-    if not split_dir.is_dir():
-        available = sorted(d.name for d in root.iterdir() if d.is_dir())
+    root = os.fspath(root)
+    try:
+        root_ok = fs.isdir(root)
+    except tf.errors.OpError as e:  # remote: a missing bucket or credentials
+        raise DataError(f"cannot read image folder {root!r} ({e.message.splitlines()[0]}); "
+                        "check the path and credentials, or copy the folder locally") from None
+    if not root_ok:
+        raise DataError(f"image folder root {root!r} does not exist or is not a directory")
+    split_dir = fs.join(root, split)
+    if not fs.isdir(split_dir):
         raise DataError(
-            f"split {split!r} not found in image folder {str(root)!r}: no directory "
-            f"{str(split_dir)!r}; available splits: {available}"
+            f"split {split!r} not found in image folder {root!r}: no directory "
+            f"{split_dir!r}; available splits: {_subdirs(root)}"
         )
     names = list(class_names) if class_names is not None else folder_classes(root)
-    present = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and d.name[:1] != ".")
+    present = _subdirs(split_dir)
     unknown = sorted(set(present) - set(names))
     if unknown:
-        raise DataError(f"class folders {unknown} in {str(split_dir)!r} are not in class_names")
+        raise DataError(f"class folders {unknown} in {split_dir!r} are not in class_names")
     if not present:
-        raise DataError(f"split folder {str(split_dir)!r} has no class sub-directories")
+        raise DataError(f"split folder {split_dir!r} has no class sub-directories")
+    if fs.is_remote(root):
+        return _list_remote_folder(split_dir, names, present, cache)
 
     # skip_corrupt is not in the key: the scan is the same, it only decides whether bad files
     # raise, so the pipeline's source and its statistics pass share one scan.
     key = (os.path.realpath(split_dir), tuple(names), cache, cache_max_bytes)
-    stamp = _folder_stamp(split_dir, names)
+    stamp = _folder_stamp(Path(split_dir), names)
     with _FOLDER_SCANS_LOCK:
         hit = _FOLDER_SCANS.get(key)
     source = hit[1]() if hit is not None and hit[0] == stamp else None
     if source is None:
-        source = _scan_folder(split_dir, names, cache, cache_max_bytes)
+        source = _scan_folder(Path(split_dir), names, cache, cache_max_bytes)
         if stamp is not None:
             with _FOLDER_SCANS_LOCK:
                 # Drop entries whose source is gone, so the dict stays as small as what is alive.
@@ -410,45 +414,13 @@ def folder_source(
     return source
 
 
-def _remote_dirs(path: str) -> list[str]:
-    """Visible sub-directory names of a remote directory (tf.io.gfile)."""
-    import tensorflow as tf
-
-    out = []
-    for entry in tf.io.gfile.listdir(path):
-        name = entry.rstrip("/")
-        if name[:1] != "." and tf.io.gfile.isdir(fs.join(path, name)):
-            out.append(name)
-    return sorted(out)
-
-
-def _remote_folder_source(
-    root: str, split: str, *, cache: bool | str, class_names: Sequence[str] | None
+def _list_remote_folder(
+    split_dir: str, names: Sequence[str], present: Sequence[str], cache: bool | str
 ) -> IndexSource:
     """An image folder on ``gs://`` (or any tf.io.gfile scheme): listed through tf.io.gfile and
     read on demand by ``tf.io.read_file`` (``cache=True`` reads every file up front). Files are
     checked by extension only: a header check would cost one request per file; undecodable files
     are reported when decoded, as for local folders."""
-    import tensorflow as tf
-
-    try:
-        ok = tf.io.gfile.isdir(root)
-    except tf.errors.OpError as e:
-        raise DataError(f"cannot read image folder {root!r} ({e.message.splitlines()[0]}); "
-                        "check the path and credentials, or copy the folder locally") from None
-    if not ok:
-        raise DataError(f"image folder root {root!r} does not exist or is not a directory")
-    split_dir = fs.join(root, split)
-    if not tf.io.gfile.isdir(split_dir):
-        raise DataError(f"split {split!r} not found in image folder {root!r}: no directory "
-                        f"{split_dir!r}; available splits: {_remote_dirs(root)}")
-    names = list(class_names) if class_names is not None else folder_classes(root)
-    present = _remote_dirs(split_dir)
-    unknown = sorted(set(present) - set(names))
-    if unknown:
-        raise DataError(f"class folders {unknown} in {split_dir!r} are not in class_names")
-    if not present:
-        raise DataError(f"split folder {split_dir!r} has no class sub-directories")
     paths: list[str] = []
     labels: list[int] = []
     for label, name in enumerate(names):

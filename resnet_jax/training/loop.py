@@ -203,7 +203,11 @@ def train_and_evaluate(
     if init_message:
         progress.log(init_message)
     if config.frozen or config.lr_multipliers:
-        progress.log(optim.describe_param_groups(dp.unreplicate(state.params), config))
+        # Shapes suffice: no copy of the parameters to the host (pmap adds a device axis).
+        device_axis = 1 if config.parallel == "pmap" else 0
+        shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[device_axis:], x.dtype),
+                              state.params)
+        progress.log(optim.describe_param_groups(shapes, config))
 
     metrics = dp.init_metrics()
     last_train: dict[str, float] = {}

@@ -84,20 +84,10 @@ def _multiplier_label(index: int) -> str:
     return f"lr_multiplier_{index}"
 
 
-def _key_name(key: Any) -> str:
-    if isinstance(key, jax.tree_util.DictKey | jax.tree_util.FlattenedIndexKey):
-        return str(key.key)
-    if isinstance(key, jax.tree_util.GetAttrKey):
-        return key.name
-    if isinstance(key, jax.tree_util.SequenceKey):
-        return str(key.idx)
-    return str(key)
-
-
 def param_path(path: Sequence[Any]) -> str:
     """A jax key path as the name ``config.frozen``/``lr_multipliers`` match, e.g.
     ``layer1/block0/conv1/kernel`` (``layer1/blocks/unit/conv1/kernel`` in scanned stages)."""
-    return "/".join(_key_name(k) for k in path)
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/")
 
 
 def _param_paths(params: Any) -> list[str]:

@@ -56,10 +56,8 @@ def _listed(keys) -> str:
 def _flat(tree: PyTree) -> dict[str, np.ndarray]:
     import jax
 
-    from resnet_jax.checkpoint import _path_str
-
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {_path_str(p): np.asarray(x) for p, x in leaves}
+    return {jax.tree_util.keystr(p, simple=True, separator="/"): np.asarray(x) for p, x in leaves}
 
 
 def _unflat(flat: Mapping[str, Any]) -> dict[str, Any]:
