@@ -1,32 +1,88 @@
-"""The residual unit: one module whose options compose every block of both ResNet papers.
+"""The residual unit, built from small named parts so that each paper figure reads in one place.
 
-A unit is the residual branch F(x) (two 3x3 convs, "basic", or 1x1-3x3-1x1, "bottleneck") added
-to a shortcut h(x). What differs between the papers' variants is a parameter, never a new class:
+A unit adds a residual branch F(x) to a shortcut h(x) (2015 paper Eq. 1). Its parts:
 
-- ``order``: where BN and ReLU sit relative to the addition (Identity Mappings, Fig. 4 / Table 2).
-- ``shortcut``: option A, B or C of the 2015 paper (§3.3), or ``"none"`` for the plain nets (§4.1).
-- ``stride_in_1x1``: the 2015 paper strides the first 1x1 of a bottleneck (v1); torchvision and
-  fb.resnet.torch stride the 3x3 (v1.5).
-- ``groups``/``base_width``: ResNeXt cardinality and Wide ResNet width.
-- ``avg_down``: ResNet-D's average-pool downsampling shortcut (Bag of Tricks, He et al. 2019).
+- ``ACTIVATIONS``: where BN and ReLU sit around the addition, one row per ``order`` (Identity
+  Mappings Fig. 4 (a)-(e)); between two convs of the branch it is always BN-ReLU.
+- ``ResidualUnit._shortcut``: option A, B or C of the 2015 paper (§3.3), ``none`` for the plain
+  nets (§4.1), and ResNet-D's average-pool downsampling (``avg_down``, Bag of Tricks §4.2).
+- ``ResidualUnit._branch_convs``: basic (2015 Fig. 5 left) or bottleneck (Fig. 5 right) convs,
+  with the v1/v1.5 stride placement and ResNeXt/Wide ResNet widths (``groups``, ``base_width``).
+- ``conv``/``norm``: the configured convolution and BatchNorm, passed down by ``ResNet``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import BatchNorm, ConvImpl, conv
+from resnet_jax.models.layers import BatchNorm, conv
 
-Dtype = Any
+ModuleFactory = Callable[..., nn.Module]
 
-ORDERS = ("post", "bn_after_add", "relu_before_add", "relu_preact", "full_preact")
-PREACT_ORDERS = ("relu_preact", "full_preact")
+# The activations of the table below: nothing, ReLU, BN, or BN then ReLU.
+NONE, RELU, BN, BN_RELU = "", "relu", "bn", "bn_relu"
+
+
+class Activation(NamedTuple):
+    """Where BN and ReLU sit in one unit (Identity Mappings Fig. 4); between convs: BN-ReLU."""
+
+    before: str  # on the unit's input, before the branch: NONE, RELU or BN_RELU (``bn1``)
+    end: str  # after the branch's last conv: BN, NONE or BN_RELU
+    after_add: str  # after the addition: RELU, BN_RELU or NONE
+
+    @property
+    def preact(self) -> bool:
+        """Pre-activation unit: the branch starts with an activation, not a conv."""
+        return self.before != NONE
+
+    @property
+    def bn_before_conv(self) -> bool:
+        """Each conv's BN ``bn{n}`` precedes it (Fig. 4e) instead of following it."""
+        return self.before == BN_RELU
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "post": Activation(NONE, BN, RELU),  # (a) original: ReLU after the addition (2015 paper)
+    "bn_after_add": Activation(NONE, NONE, BN_RELU),  # (b) the last BN moved after the addition
+    "relu_before_add": Activation(NONE, BN_RELU, NONE),  # (c) ReLU before the addition
+    "relu_preact": Activation(RELU, BN, NONE),  # (d) ReLU-only pre-activation
+    "full_preact": Activation(BN_RELU, NONE, NONE),  # (e) full pre-activation: BN-ReLU, conv
+}
+ORDERS = tuple(ACTIVATIONS)
+PREACT_ORDERS = tuple(order for order, act in ACTIVATIONS.items() if act.preact)
 SHORTCUTS = ("A", "B", "C", "none")
 PREACT_MODES = ("residual", "both", "none")
+
+
+class ConvSpec(NamedTuple):
+    """One convolution of the residual branch."""
+
+    features: int
+    kernel: int
+    strides: int
+    groups: int = 1
+
+
+def activate(module: nn.Module, y: jax.Array, kind: str, norm: ModuleFactory, bn_name: str, *,
+             zero_init: bool = False, response: str | None = None) -> jax.Array:
+    """Applies one activation of ``Activation``: BN ``bn_name`` (scale zero-initialised with
+    ``zero_init``) if ``kind`` has one; sows ``response`` (after BN, before ReLU: the layer
+    responses of 2015 Fig. 7) if given; then ReLU if ``kind`` has one."""
+    if kind in (BN, BN_RELU):
+        scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
+        y = norm(scale_init=scale_init, name=bn_name)(y)
+    if response is not None:
+        module.sow("intermediates", response, y)
+    if kind in (RELU, BN_RELU):
+        y = nn.relu(y)
+    return y
+
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     """Drops the whole residual branch per example with probability ``rate`` (stochastic depth,
@@ -34,6 +90,20 @@ def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     keep = 1.0 - rate
     mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+def zero_pad_shortcut(x: jax.Array, strides: int, out_features: int) -> jax.Array:
+    """Option A (2015 §3.3): parameter-free; subsample, then zero-pad the new channels (split on
+    both sides, as the common PyTorch CIFAR ResNets do, for weight compatibility)."""
+    in_features = x.shape[-1]
+    if in_features > out_features:
+        raise ValueError(
+            f"shortcut 'A' cannot reduce channels ({in_features} -> {out_features}); "
+            "use shortcut 'B' or 'C'"
+        )
+    x = x[:, ::strides, ::strides, :]
+    extra = out_features - in_features
+    return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
 
 
 class ResidualUnit(nn.Module):
@@ -44,9 +114,9 @@ class ResidualUnit(nn.Module):
         The unit outputs ``features * 4`` channels if ``bottleneck`` else ``features``.
       strides: spatial stride of the unit (2 at the first unit of stages 2..4).
       bottleneck: 1x1-3x3-1x1 with expansion 4 (2015 paper Fig. 5 right) instead of two 3x3.
-      order: activation placement, Identity Mappings Fig. 4: ``post`` (a, original),
-        ``bn_after_add`` (b), ``relu_before_add`` (c), ``relu_preact`` (d, ReLU-only
-        pre-activation), ``full_preact`` (e, BN and ReLU before each conv).
+      order: activation placement, a key of ``ACTIVATIONS`` (Identity Mappings Fig. 4):
+        ``post`` (a, original), ``bn_after_add`` (b), ``relu_before_add`` (c), ``relu_preact``
+        (d, ReLU-only pre-activation), ``full_preact`` (e, BN and ReLU before each conv).
       preact: for pre-activation orders, which paths see the unit's pre-activation: ``residual``
         (the branch only), ``both`` (applied before the split, so the shortcut takes the
         pre-activated input; Identity Mappings §4 and appendix), or ``none`` (input already
@@ -62,16 +132,12 @@ class ResidualUnit(nn.Module):
         at init, so the unit starts as (nearly) the identity.
       drop_path_rate: stochastic-depth probability of dropping the branch in training.
       dropout_rate: dropout between the branch's last two convs (Wide ResNet, Zagoruyko 2016 §2.4).
-      bn_momentum, bn_epsilon: BatchNorm running-average momentum (Flax convention: 0.9 equals
-        PyTorch's 0.1) and epsilon.
-      frozen_bn: BN normalises with its running statistics in training too and never updates
-        them, as detection backbones and small-batch fine-tuning do (torchvision's
-        ``FrozenBatchNorm2d``); BN scale and bias stay parameters.
-      dtype, param_dtype: computation and parameter dtypes (BN statistics are always float32).
-      axis_name: mapped axis over which BN statistics are averaged (cross-device BN), or None.
-      conv_impl: convolution backward pass: ``auto`` (``cpu_fast`` on the CPU backend, else
-        ``xla``), ``xla`` (lax's autodiff) or ``cpu_fast``
-        (``layers.cpu_fast_conv_general_dilated``); the values computed are the same.
+      conv: makes each convolution, called as ``conv(features, kernel, strides, groups=...,
+        zero_init=..., name=...)``: ``layers.conv`` with the network's ``dtype``,
+        ``param_dtype`` and ``impl`` bound (default: float32, ``impl="auto"``).
+      norm: makes each BatchNorm, called with ``use_running_average``, ``scale_init`` and
+        ``name``: ``layers.BatchNorm`` with the network's momentum, epsilon, dtypes,
+        ``axis_name`` and ``frozen`` bound (default: float32, momentum 0.9, epsilon 1e-5).
     """
 
     features: int
@@ -87,13 +153,8 @@ class ResidualUnit(nn.Module):
     zero_init_residual: bool = False
     drop_path_rate: float = 0.0
     dropout_rate: float = 0.0
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    frozen_bn: bool = False
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    axis_name: str | None = None
-    conv_impl: ConvImpl = "auto"
+    conv: ModuleFactory = conv
+    norm: ModuleFactory = BatchNorm
 
     @property
     def out_features(self) -> int:
@@ -111,58 +172,61 @@ class ResidualUnit(nn.Module):
                 "groups/base_width apply to bottleneck units only; widen a basic-block network "
                 "with width_multiplier instead"
             )
+        if self.zero_init_residual and self.order == "bn_after_add":
+            raise ValueError(
+                "zero_init_residual has no branch-final BN or conv to zero in order "
+                "'bn_after_add' (Fig. 4b normalises after the addition)"
+            )
 
-    def _conv(self, features: int, kernel: int, strides: int = 1, groups: int = 1,
-              zero_init: bool = False, name: str | None = None) -> nn.Conv:
-        return conv(features, kernel, strides, groups=groups, zero_init=zero_init,
-                    dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl, name=name)
-
-    def _norm(self, train: bool, zero_init: bool = False, name: str | None = None) -> BatchNorm:
-        return BatchNorm(
-            use_running_average=not train or self.frozen_bn, momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-            axis_name=self.axis_name,
-            scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones, name=name,
-        )
-
-    def _branch_convs(self) -> list[tuple[int, int, int, int]]:
-        """(features, kernel, strides, groups) of the residual branch's convolutions, in order."""
+    def _branch_convs(self) -> list[ConvSpec]:
+        """The residual branch's convolutions, in order."""
         s = self.strides
-        if not self.bottleneck:  # 2015 paper Fig. 5 left
-            return [(self.features, 3, s, 1), (self.features, 3, 1, 1)]
+        if not self.bottleneck:  # 2015 paper Fig. 5 left: two 3x3
+            return [ConvSpec(self.features, 3, s), ConvSpec(self.features, 3, 1)]
+        # Fig. 5 right: 1x1 reduce, 3x3 (grouped: ResNeXt), 1x1 expand; v1 strides the first 1x1.
         width = int(self.features * self.base_width / 64) * self.groups
         s1, s3 = (s, 1) if self.stride_in_1x1 else (1, s)
-        return [(width, 1, s1, 1), (width, 3, s3, self.groups), (self.out_features, 1, 1, 1)]
+        return [ConvSpec(width, 1, s1), ConvSpec(width, 3, s3, self.groups),
+                ConvSpec(self.out_features, 1, 1)]
 
-    def _shortcut(self, x: jax.Array, train: bool) -> jax.Array | None:
+    def _shortcut(self, x: jax.Array, act: Activation, norm: ModuleFactory) -> jax.Array | None:
+        """h(x) of 2015 §3.3: identity, option A's zero padding, or a 1x1 projection (option B
+        where the shape changes, C everywhere); None for the plain nets (§4.1)."""
         if self.shortcut == "none":
             return None
-        in_features = x.shape[-1]
-        reshape = self.strides != 1 or in_features != self.out_features
-        if self.shortcut == "C" or (self.shortcut == "B" and reshape):
-            strides = self.strides
-            if self.avg_down and strides > 1:
-                # ResNet-D: let the 1x1 see every pixel instead of skipping 3 of 4 (ceil mode).
-                pads = ((0, x.shape[1] % 2), (0, x.shape[2] % 2))
-                x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding=pads, count_include_pad=False)
-                strides = 1
-            x = self._conv(self.out_features, 1, strides, name="downsample_conv")(x)
-            if self.order not in PREACT_ORDERS:
-                # Pre-activation nets project without BN (Identity Mappings, released Torch code).
-                x = self._norm(train, name="downsample_bn")(x)
-            return x
-        if not reshape:
-            return x
-        # Option A (2015 §3.3): parameter-free; subsample, then zero-pad the new channels
-        # (split on both sides, as the common PyTorch CIFAR ResNets do, for weight compatibility).
-        if in_features > self.out_features:
-            raise ValueError(
-                f"shortcut 'A' cannot reduce channels ({in_features} -> {self.out_features}); "
-                "use shortcut 'B' or 'C'"
-            )
-        x = x[:, :: self.strides, :: self.strides, :]
-        extra = self.out_features - in_features
-        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (extra // 2, extra - extra // 2)))
+        reshape = self.strides != 1 or x.shape[-1] != self.out_features
+        if not (self.shortcut == "C" or (self.shortcut == "B" and reshape)):
+            return zero_pad_shortcut(x, self.strides, self.out_features) if reshape else x
+        strides = self.strides
+        if self.avg_down and strides > 1:
+            # ResNet-D: let the 1x1 see every pixel instead of skipping 3 of 4 (ceil mode).
+            pads = ((0, x.shape[1] % 2), (0, x.shape[2] % 2))
+            x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding=pads, count_include_pad=False)
+            strides = 1
+        x = self.conv(self.out_features, 1, strides, name="downsample_conv")(x)
+        if not act.preact:  # pre-activation nets project without BN (Identity Mappings' code)
+            x = norm(name="downsample_bn")(x)
+        return x
+
+    def _branch(self, y: jax.Array, convs: Sequence[ConvSpec], act: Activation,
+                norm: ModuleFactory, train: bool) -> jax.Array:
+        """F(x) after the unit's pre-activation: the convs, BN-ReLU between each two,
+        ``act.end`` after the last. ``bn{n}`` is conv n's BN: after it, before it (Fig. 4e), or,
+        for the last conv, after the addition (Fig. 4b)."""
+        for n, (features, kernel, strides, groups) in enumerate(convs, 1):
+            last = n == len(convs)
+            if n > 1 and act.bn_before_conv:  # Fig. 4e: BN-ReLU before every later conv
+                y = activate(self, y, BN_RELU, norm, f"bn{n}")
+            if last and self.dropout_rate > 0:  # Wide ResNet §2.4: between the last two convs
+                y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
+            # After conv n: act.end if last, else BN-ReLU (which Fig. 4e puts before conv n+1).
+            follow = act.end if last else (NONE if act.bn_before_conv else BN_RELU)
+            zero = self.zero_init_residual and last  # zero the branch's last BN, else its conv
+            y = self.conv(features, kernel, strides, groups=groups,
+                          zero_init=zero and follow not in (BN, BN_RELU), name=f"conv{n}")(y)
+            y = activate(self, y, follow, norm, f"bn{n}", zero_init=zero,
+                         response=f"response{n}" if kernel == 3 else None)
+        return y
 
     @nn.compact
     def __call__(
@@ -171,54 +235,21 @@ class ResidualUnit(nn.Module):
         """``drop_path_rate``, when given, overrides the attribute (a traced per-unit rate, so
         that identical units can be scanned)."""
         self._check()
-        drop_rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
-        order = self.order
-        preact_order = order in PREACT_ORDERS
+        act = ACTIVATIONS[self.order]
         convs = self._branch_convs()
-        last = len(convs) - 1
-        # Which BN (if any) ends the branch and should start at zero for zero_init_residual.
-        branch_ends_in_bn = order in ("post", "relu_before_add", "relu_preact")
-        if self.zero_init_residual and order == "bn_after_add":
-            raise ValueError(
-                "zero_init_residual has no branch-final BN or conv to zero in order "
-                "'bn_after_add' (Fig. 4b normalises after the addition)"
-            )
+        norm = functools.partial(self.norm, use_running_average=not train)
 
-        # Pre-activation of the unit's input (Fig. 4d/4e).
-        def activate(y: jax.Array) -> jax.Array:
-            if order == "full_preact":
-                y = self._norm(train, name="bn1")(y)
-            return nn.relu(y)
-
-        if preact_order and self.preact == "both":
-            x = activate(x)
-        shortcut = self._shortcut(x, train)
-        y = activate(x) if preact_order and self.preact == "residual" else x
-
-        for i, (features, kernel, strides, groups) in enumerate(convs):
-            n, is_last = i + 1, i == last
-            if order == "full_preact" and i > 0:  # BN-ReLU before every later conv (Fig. 4e)
-                y = nn.relu(self._norm(train, name=f"bn{n}")(y))
-            if is_last and self.dropout_rate > 0:
-                y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
-            zero_conv = self.zero_init_residual and is_last and not branch_ends_in_bn
-            y = self._conv(features, kernel, strides, groups, zero_conv, name=f"conv{n}")(y)
-            if branch_ends_in_bn or (order == "bn_after_add" and not is_last):
-                zero_bn = self.zero_init_residual and is_last
-                y = self._norm(train, zero_bn, name=f"bn{n}")(y)
-            if kernel == 3:  # layer responses of 2015 Fig. 7: 3x3 outputs after BN, before ReLU
-                self.sow("intermediates", f"response{n}", y)
-            if order != "full_preact" and (not is_last or order == "relu_before_add"):
-                y = nn.relu(y)
-
+        # Identity Mappings §4: pre-activate before the split, the branch only, or not at all.
+        if self.preact == "both":
+            x = activate(self, x, act.before, norm, "bn1")
+        shortcut = self._shortcut(x, act, norm)
+        y = activate(self, x, act.before, norm, "bn1") if self.preact == "residual" else x
+        y = self._branch(y, convs, act, norm, train)
         if shortcut is not None:
             if train and (drop_path_rate is not None or self.drop_path_rate > 0):
-                y = drop_path(y, drop_rate, self.make_rng("dropout"))
+                rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate
+                y = drop_path(y, rate, self.make_rng("dropout"))
             y = y + shortcut
-        if order == "bn_after_add":
-            y = self._norm(train, name=f"bn{last + 1}")(y)
-        if order in ("post", "bn_after_add"):
-            y = nn.relu(y)
+        y = activate(self, y, act.after_add, norm, f"bn{len(convs)}")  # Fig. 4b: the last BN
         self.sow("intermediates", "output", y)
         return y
-

@@ -211,6 +211,12 @@ class BatchNorm(nn.Module):
         batch's (training, which also updates the running statistics).
       momentum: running-average decay (PyTorch's ``momentum=0.1`` is 0.9 here).
       epsilon: added to the variance.
+      dtype, param_dtype: output and parameter dtypes.
+      axis_name: mapped axis over which batch statistics are averaged, or None.
+      scale_init: initialiser of the scale (zeros for ``zero_init_residual``).
+      frozen: normalise with the running statistics in training too and never update them, as
+        detection backbones and small-batch fine-tuning do (torchvision's
+        ``FrozenBatchNorm2d``); scale and bias stay parameters.
     """
 
     use_running_average: bool
@@ -220,6 +226,7 @@ class BatchNorm(nn.Module):
     param_dtype: Dtype = jnp.float32
     axis_name: str | None = None
     scale_init: nn.initializers.Initializer = nn.initializers.ones
+    frozen: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -229,7 +236,7 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), jnp.float32)
         ra_var = self.variable("batch_stats", "var", jnp.ones, (features,), jnp.float32)
 
-        if self.use_running_average:
+        if self.use_running_average or self.frozen:
             mean, var = ra_mean.value, ra_var.value
         else:
             axes = tuple(range(x.ndim - 1))

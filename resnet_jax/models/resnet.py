@@ -10,7 +10,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.blocks import PREACT_ORDERS, ResidualUnit
+from resnet_jax.models.blocks import (
+    ACTIVATIONS,
+    BN_RELU,
+    PREACT_ORDERS,
+    ModuleFactory,
+    ResidualUnit,
+    activate,
+)
 from resnet_jax.models.layers import BatchNorm, ConvImpl, conv
 
 Dtype = Any
@@ -52,7 +59,7 @@ class Stage(nn.Module):
     stored. Neither changes the numbers the stage computes.
     """
 
-    unit: functools.partial  # ResidualUnit with the network-wide options bound
+    unit: functools.partial  # ResidualUnit with the network-wide options and parts bound
     num_units: int
     features: int
     strides: int
@@ -102,11 +109,16 @@ class ResNet(nn.Module):
         BN, ReLU; 2015 §4.2) or ``deep`` (three 3x3 convs then max-pool; ResNet-D).
       stem_width: channels of the stem (the deep stem's first two convs use half of it).
       width_multiplier: multiplies stage_widths (Wide ResNet's k).
-      order, shortcut, stride_in_1x1, avg_down, groups, base_width, zero_init_residual,
-      bn_momentum, bn_epsilon, dtype, param_dtype, axis_name: see ``ResidualUnit``.
+      order, shortcut, stride_in_1x1, avg_down, groups, base_width, zero_init_residual:
+        see ``ResidualUnit``.
+      bn_momentum, bn_epsilon: BatchNorm running-average momentum (Flax convention: 0.9 equals
+        PyTorch's 0.1) and epsilon.
       frozen_bn: every BN (stem and units) normalises with its running statistics in training
         too and never updates them, as detection backbones and small-batch fine-tuning do
         (torchvision's ``FrozenBatchNorm2d``); parameters are unchanged.
+      dtype, param_dtype: computation and parameter dtypes (BN statistics and logits are always
+        float32).
+      axis_name: mapped axis over which BN statistics are averaged (cross-device BN), or None.
       drop_path_rate: stochastic depth of the last unit; unit l of L gets l/L of it (the linear
         decay rule of Huang et al. 2016, Eq. 4). Needs a ``dropout`` rng in training.
       block_dropout_rate: dropout inside each residual branch (Wide ResNet).
@@ -119,8 +131,11 @@ class ResNet(nn.Module):
         Parameters of those units are stacked; ``resnet_jax.models.layout`` converts.
       remat: recompute each unit's activations in the backward pass (``nn.remat``): activation
         memory of a train step no longer grows with depth, at ~1/3 more compute.
-      conv_impl: convolution backward pass, see ``ResidualUnit``: ``auto`` uses the custom
-        CPU backward (same values, faster on XLA:CPU, also inside scans) only on the CPU backend.
+      conv_impl: convolution implementation, see ``layers.conv_general_dilated_fn``.
+
+    The conv options (dtype, param_dtype, conv_impl) and BN options (bn_*, frozen_bn, dtypes,
+    axis_name) are bound once into the ``conv`` and ``norm`` parts (``_parts``) that the stem and
+    every unit build their layers from.
 
     Call as ``model.apply(variables, images, train=...)``, images of shape (N, H, W, in_channels).
     Logits are float32. ``return_features=True`` returns a dict with the stem, every stage's
@@ -169,32 +184,29 @@ class ResNet(nn.Module):
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
 
-    def _norm(self, train: bool, name: str) -> BatchNorm:
-        return BatchNorm(
-            use_running_average=not train or self.frozen_bn, momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
-            axis_name=self.axis_name, name=name,
-        )
+    def _parts(self) -> tuple[ModuleFactory, ModuleFactory]:
+        """The configured conv and BatchNorm (train mode is bound where they are used)."""
+        conv_part = functools.partial(
+            conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl)
+        norm_part = functools.partial(
+            BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+            param_dtype=self.param_dtype, axis_name=self.axis_name, frozen=self.frozen_bn)
+        return conv_part, norm_part
 
-    def _conv(self, features: int, kernel: int, strides: int, name: str) -> nn.Conv:
-        return conv(features, kernel, strides, dtype=self.dtype, param_dtype=self.param_dtype,
-                    impl=self.conv_impl, name=name)
-
-    def _stem(self, x: jax.Array, train: bool) -> jax.Array:
+    def _stem(self, x: jax.Array, conv: ModuleFactory, norm: ModuleFactory) -> jax.Array:
         if self.stem == "deep":  # ResNet-D: three 3x3 convs replace the 7x7 (Bag of Tricks §4.2)
-            x = self._conv(self.stem_width // 2, 3, 2, "conv1_1")(x)
-            x = nn.relu(self._norm(train, "bn1_1")(x))
-            x = self._conv(self.stem_width // 2, 3, 1, "conv1_2")(x)
-            x = nn.relu(self._norm(train, "bn1_2")(x))
-            x = self._conv(self.stem_width, 3, 1, "conv1_3")(x)
+            x = conv(self.stem_width // 2, 3, 2, name="conv1_1")(x)
+            x = nn.relu(norm(name="bn1_1")(x))
+            x = conv(self.stem_width // 2, 3, 1, name="conv1_2")(x)
+            x = nn.relu(norm(name="bn1_2")(x))
+            x = conv(self.stem_width, 3, 1, name="conv1_3")(x)
         elif self.stem == "cifar":  # 2015 §4.2: "the first layer is 3x3 convolutions"
-            x = self._conv(self.stem_width, 3, 1, "conv1")(x)
+            x = conv(self.stem_width, 3, 1, name="conv1")(x)
         else:
-            x = self._conv(self.stem_width, 7, 2, "conv1")(x)
-        x = self._norm(train, "bn1")(x)
-        if self.stem == "cifar":
-            self.sow("intermediates", "response", x)  # first 3x3 layer of Fig. 7
-        x = nn.relu(x)
+            x = conv(self.stem_width, 7, 2, name="conv1")(x)
+        # The CIFAR stem's 3x3 is the first layer of 2015 Fig. 7's responses.
+        x = activate(self, x, BN_RELU, norm, "bn1",
+                     response="response" if self.stem == "cifar" else None)
         if self.stem != "cifar":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         return x
@@ -207,18 +219,18 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         features: dict[str, jax.Array] = {}
         preact_order = self.order in PREACT_ORDERS
+        conv_part, norm_part = self._parts()
+        norm = functools.partial(norm_part, use_running_average=not train)
 
-        x = self._stem(x, train)
+        x = self._stem(x, conv_part, norm)
         features["stem"] = x
 
         unit = functools.partial(
-            ResidualUnit,
+            ResidualUnit, conv=conv_part, norm=norm_part,
             bottleneck=self.bottleneck, order=self.order, shortcut=self.shortcut,
             stride_in_1x1=self.stride_in_1x1, avg_down=self.avg_down, groups=self.groups,
             base_width=self.base_width, zero_init_residual=self.zero_init_residual,
-            dropout_rate=self.block_dropout_rate, bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon, frozen_bn=self.frozen_bn, dtype=self.dtype,
-            param_dtype=self.param_dtype, axis_name=self.axis_name, conv_impl=self.conv_impl,
+            dropout_rate=self.block_dropout_rate,
         )
         total_units = sum(self.stage_sizes)
         done = 0
@@ -239,10 +251,8 @@ class ResNet(nn.Module):
             done += num_units
             features[f"stage{s + 1}"] = x
 
-        if self.order == "full_preact":  # Identity Mappings §4: extra BN-ReLU after the last unit
-            x = nn.relu(self._norm(train, "final_bn")(x))
-        elif self.order == "relu_preact":
-            x = nn.relu(x)
+        if preact_order:  # Identity Mappings §4: the last unit is followed by a pre-activation
+            x = activate(self, x, ACTIVATIONS[self.order].before, norm, "final_bn")
         x = jnp.mean(x, axis=(1, 2))
         features["pre_logits"] = x
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
