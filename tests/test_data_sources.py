@@ -11,6 +11,7 @@ from PIL import Image
 
 from resnet_jax import data
 from resnet_jax.data import sources, testing
+from resnet_jax.data.sources import folder, tfds_builder
 
 CIFAR_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -293,7 +294,7 @@ def offline():
     import tempfile
 
     with tempfile.TemporaryDirectory() as d:
-        reason = sources._unreachable(tfds.builder("cifar10", data_dir=d))
+        reason = tfds_builder._unreachable(tfds.builder("cifar10", data_dir=d))
     if reason is None:
         pytest.skip("this machine reaches the internet: the offline error cannot be tested")
     return reason
@@ -318,7 +319,7 @@ def test_tfds_real_download_failure_is_one_line(tmp_path, offline, monkeypatch):
     becomes one line."""
     from tensorflow_datasets.core.download import downloader
 
-    monkeypatch.setattr(sources, "_unreachable", lambda builder: None)
+    monkeypatch.setattr(tfds_builder, "_unreachable", lambda builder: None)
     monkeypatch.setattr(downloader, "MAX_RETRIES", 0)
     with pytest.raises(data.DataError) as err:
         sources.tfds_source("cifar10", "train", data_dir=str(tmp_path))
@@ -475,9 +476,9 @@ def _age(root, seconds: float = 60.0) -> None:
 @pytest.fixture
 def scans(monkeypatch):
     calls = []
-    scan = sources._scan_folder
+    scan = folder._scan_folder
     monkeypatch.setattr(
-        sources, "_scan_folder", lambda *a, **k: calls.append(a[0]) or scan(*a, **k)
+        folder, "_scan_folder", lambda *a, **k: calls.append(a[0]) or scan(*a, **k)
     )
     sources.clear_folder_cache()
     return calls
@@ -537,5 +538,5 @@ def test_read_all_and_head_match_python_file_reads(tmp_path):
     for size in (0, 15, 4096, (1 << 20) + 3):
         path = tmp_path / f"f{size}"
         path.write_bytes(rng.integers(0, 256, size, dtype=np.uint8).tobytes())
-        assert sources._read_all(str(path)) == path.read_bytes()
-        assert sources._read_head(str(path)) == path.read_bytes()[:16]
+        assert folder._read_all(str(path)) == path.read_bytes()
+        assert folder._read_head(str(path)) == path.read_bytes()[:16]

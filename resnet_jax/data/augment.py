@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import tensorflow as tf
+from resnet_jax.data.host_tf import tf
 
 # AlexNet PCA lighting noise (Krizhevsky et al. 2012 §4.1), eigen-decomposition of ImageNet RGB
 # covariance on [0, 1] pixels; values as in fb.resnet.torch, used by He et al. 2015 §3.4.
@@ -24,8 +24,6 @@ IMAGENET_EIGVEC = (
     (-0.5808, -0.0045, -0.8140),
     (-0.5836, -0.6948, 0.4203),
 )
-
-PRESETS = ("none", "cifar", "resnet_paper", "inception")
 
 Window = tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]  # (y, x, h, w) in original pixels
 

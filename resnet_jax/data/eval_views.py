@@ -2,17 +2,17 @@
 
 Each view function maps encoded bytes to float32 images in [0, 1] (normalisation is applied
 afterwards by the pipeline); averaging predictions over views is the training code's job.
+The registry of views by name (``EVAL_VIEWS``, whose names are ``VIEWS``) is in ``presets``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import tensorflow as tf
-
 from resnet_jax.data import augment
+from resnet_jax.data.host_tf import tf
+from resnet_jax.data.presets import VIEWS  # noqa: F401  (re-exported: the names of the views)
 
-VIEWS = ("center", "ten_crop", "multi_scale")
 # Shorter sides of the fully-convolutional multi-scale test, 2015 paper §3.4 / Table 4.
 PAPER_SCALES = (224, 256, 384, 480, 640)
 # Standard evaluation: shorter side 256, centre 224 crop (2015 paper §3.4, Table 3).

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 
 from resnet_jax import fs
 from resnet_jax.data import eval_views, sources
+from resnet_jax.data.host_tf import tf
 from resnet_jax.data.sources import DataError, IndexSource, open_source
 
 NORMALIZATIONS = ("mean_std", "per_pixel_mean", "imagenet", "none")

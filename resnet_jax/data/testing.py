@@ -86,7 +86,7 @@ def sliceable_fake_as_dataset(self, split, decoders=None, read_config=None, **kw
     """
     import re
 
-    import tensorflow as tf
+    from resnet_jax.data.host_tf import tf
 
     del decoders, read_config, kwargs
     m = re.fullmatch(r"(\w+)\[(\d+):(\d+)\]", str(split))
