@@ -53,7 +53,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    from resnet_jax.training.config import ConfigError, apply_xla_flags, load_config
+    from resnet_jax.training.config import ConfigError, load_config
+    from resnet_jax.training.xla_flags import apply_xla_flags
 
     try:
         config = load_config(args.config, overrides)

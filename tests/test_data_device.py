@@ -1,6 +1,7 @@
 """uint8 streams normalised on the device equal the host-normalised float streams (real images),
 and batches are placed on the devices ahead of the step."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 
 from resnet_jax import data
 from resnet_jax.data import device, testing
-from resnet_jax.training.step import DataParallel
+from resnet_jax.training.parallel import DataParallel
 
 pytestmark = pytest.mark.skipif(
     not testing.IMAGENETTE_ARCHIVE.is_file(), reason="needs ../shared/datasets archives"
@@ -39,13 +40,14 @@ def test_cifar_preset_on_the_device_equals_the_host(folders, normalization):
     """Native 32 px: the pixels are exact, so only float rounding may differ."""
     f32, u8, ds = _pair(folders[0], train=True, augment="cifar", image_size=32,
                         global_batch_size=16, normalization=normalization)
-    assert u8["image"].dtype == np.uint8 and ds.device_steps == {"cifar_pad": 4}
+    chex.assert_type(u8["image"], np.uint8)
+    assert ds.device_steps == {"cifar_pad": 4}
     assert u8["image"].nbytes * 4 == f32["image"].nbytes  # 4x fewer bytes to the device
     out = jax.jit(lambda b: device.finish(b, ds.normalization, cifar_pad=4))(u8)
-    np.testing.assert_allclose(np.asarray(out), f32["image"], atol=2e-6, rtol=0)
-    np.testing.assert_array_equal(u8["label"], f32["label"])
+    chex.assert_trees_all_close(out, f32["image"], rtol=0, atol=2e-6)
+    chex.assert_trees_all_equal(u8["label"], f32["label"])
     bf16 = device.finish(u8, ds.normalization, dtype=jnp.bfloat16, cifar_pad=4)
-    assert bf16.dtype == jnp.bfloat16
+    chex.assert_type(bf16, jnp.bfloat16)
 
 
 def test_resized_presets_differ_only_by_pixel_rounding(folders):
@@ -53,7 +55,8 @@ def test_resized_presets_differ_only_by_pixel_rounding(folders):
     (over the smallest std) from the float stream; the lighting noise moves to the device."""
     f32, u8, ds = _pair(folders[1], train=True, augment="resnet_paper", image_size=64,
                         global_batch_size=8)
-    assert u8["lighting"].shape == (8, 3) and np.abs(u8["lighting"]).max() > 0
+    chex.assert_shape(u8["lighting"], (8, 3))
+    assert np.abs(u8["lighting"]).max() > 0
     out = np.asarray(device.finish(u8, ds.normalization))
     bound = 0.5 / 255 / min(ds.normalization["std"]) + 1e-5
     assert np.abs(out - f32["image"]).max() <= bound
@@ -66,7 +69,7 @@ def test_eval_views_on_the_device(folders, view):
                         global_batch_size=4, normalization="per_pixel_mean")
     out = device.finish(u8, ds.normalization)
     for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(f32["image"]), strict=True):
-        assert a.shape == b.shape
+        chex.assert_equal_shape([a, b])
         # Rounded pixels; a mean image resized by jax.image (multi-scale) vs tf.image.
         assert np.abs(np.asarray(a) - b).max() <= 0.5 / 255 + 1e-5
 
@@ -89,5 +92,4 @@ def test_device_batches_stay_two_ahead_and_equal_the_host_batches():
     got = [first, *it]
     for g, h in zip(got, host, strict=True):
         assert isinstance(g["image"], jax.Array)
-        np.testing.assert_array_equal(np.asarray(g["image"]), h["image"])
-        np.testing.assert_array_equal(np.asarray(g["label"]), h["label"])
+        chex.assert_trees_all_equal({k: g[k] for k in h}, h)  # image and label

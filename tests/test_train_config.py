@@ -120,13 +120,13 @@ def test_train_py_reports_config_errors(capsys):
 
 
 def test_xla_flags_setting_resolves_and_rejects_malformed(monkeypatch):
-    from resnet_jax.training import config as cfg
+    from resnet_jax.training import xla_flags as xf
 
-    monkeypatch.setattr(cfg, "gpu_plugin_installed", lambda: True)
-    assert cfg.xla_flags_for("auto") == list(cfg.GPU_XLA_FLAGS)
-    monkeypatch.setattr(cfg, "gpu_plugin_installed", lambda: False)
-    assert cfg.xla_flags_for("auto") == [] and cfg.xla_flags_for("") == []
-    assert cfg.xla_flags_for("--a=1  --b") == ["--a=1", "--b"]
+    monkeypatch.setattr(xf, "gpu_plugin_installed", lambda: True)
+    assert xf.xla_flags_for("auto") == list(xf.GPU_XLA_FLAGS)
+    monkeypatch.setattr(xf, "gpu_plugin_installed", lambda: False)
+    assert xf.xla_flags_for("auto") == [] and xf.xla_flags_for("") == []
+    assert xf.xla_flags_for("--a=1  --b") == ["--a=1", "--b"]
     c = default_config()
     apply_override(c, "xla_flags=xla_a=1")
     with pytest.raises(ConfigError, match="xla_flags.*'xla_a=1'.*--name=value"):
@@ -141,7 +141,8 @@ def test_xla_flags_reach_xla_before_jax_starts_and_env_wins():
 
     code = (
         "import os, jax\n"
-        "from resnet_jax.training.config import apply_xla_flags, default_config\n"
+        "from resnet_jax.training.config import default_config\n"
+        "from resnet_jax.training.xla_flags import apply_xla_flags\n"
         "c = default_config()\n"
         "c.xla_flags = '--xla_cpu_enable_fast_math=false --xla_cpu_use_onednn=false'\n"
         "print(apply_xla_flags(c))\n"
@@ -158,17 +159,17 @@ def test_xla_flags_reach_xla_before_jax_starts_and_env_wins():
 def test_xla_flags_after_jax_started_are_an_error_not_a_silent_no_op(monkeypatch, caplog):
     import jax
 
-    from resnet_jax.training import config as cfg
+    from resnet_jax.training import xla_flags as xf
 
     jax.devices()  # the backend is up: XLA_FLAGS is no longer read
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     c = default_config()
     c.xla_flags = "--xla_cpu_enable_fast_math=false"
     with pytest.raises(ConfigError, match="cannot take effect: JAX has already started"):
-        cfg.apply_xla_flags(c)
+        xf.apply_xla_flags(c)
     c.xla_flags = "auto"
-    monkeypatch.setattr(cfg, "gpu_plugin_installed", lambda: True)
-    assert cfg.apply_xla_flags(c) == [] and "cannot take effect" in caplog.text
+    monkeypatch.setattr(xf, "gpu_plugin_installed", lambda: True)
+    assert xf.apply_xla_flags(c) == [] and "cannot take effect" in caplog.text
     assert "XLA_FLAGS" not in os.environ
 
 

@@ -8,6 +8,7 @@ so parameters and BN statistics agree to atol=rtol=2e-5.
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +16,8 @@ import optax
 import pytest
 
 import resnet_jax
+from resnet_jax.training.parallel import DataParallel
 from resnet_jax.training.step import (
-    DataParallel,
     create_train_state,
     make_eval_step,
     make_train_step,
@@ -69,14 +70,11 @@ def test_data_parallel_equals_single_device_and_sync_bn(mode, reference):
     dp, state, metrics = _run(mode, None, _model(), _batches())
     host = dp.unreplicate(state)
     # Sync BN: batch statistics over the global batch equal BN over the whole batch.
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL),
-                 ref_state.batch_stats, host.batch_stats)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL),
-                 ref_state.params, host.params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL),
-                 ref_state.opt_state, host.opt_state)
+    chex.assert_trees_all_close(ref_state.batch_stats, host.batch_stats, **TOL)
+    chex.assert_trees_all_close(ref_state.params, host.params, **TOL)
+    chex.assert_trees_all_close(ref_state.opt_state, host.opt_state, **TOL)
     assert int(host.step) == 2 and float(metrics["count"]) == 32
-    np.testing.assert_allclose(metrics["loss_sum"], ref_metrics["loss_sum"], rtol=1e-5)
+    chex.assert_trees_all_close(metrics["loss_sum"], ref_metrics["loss_sum"], rtol=1e-5, atol=0)
     # The parameters really moved (the comparison is not between two initial states).
     init = jax.device_get(jax.jit(functools.partial(
         create_train_state, _model(), TX, jax.random.PRNGKey(0), (8, 8, 3)))())
@@ -84,9 +82,7 @@ def test_data_parallel_equals_single_device_and_sync_bn(mode, reference):
     assert min(jax.tree.leaves(moved)) > 1e-4
     # Every device holds the same replica.
     leaf = jax.tree.leaves(state.batch_stats)[0]
-    shards = [np.asarray(s.data) for s in leaf.addressable_shards]
-    for s in shards[1:]:
-        np.testing.assert_array_equal(s, shards[0])
+    chex.assert_trees_all_equal(*[s.data for s in leaf.addressable_shards])
 
 
 def test_per_device_bn_keeps_running_statistics_identical():
@@ -94,9 +90,7 @@ def test_per_device_bn_keeps_running_statistics_identical():
     batch = _batches(1)[0]
     dp, state, _ = _run("shard_map", None, model, [batch], per_device_bn=True)
     leaf = jax.tree.leaves(state.batch_stats)[0]
-    shards = [np.asarray(s.data) for s in leaf.addressable_shards]
-    for s in shards[1:]:
-        np.testing.assert_array_equal(s, shards[0])
+    chex.assert_trees_all_equal(*[s.data for s in leaf.addressable_shards])
     # The running statistics are the mean over devices of per-device (2-image) BN updates...
     init_state = jax.device_get(
         jax.jit(functools.partial(create_train_state, model, TX, jax.random.PRNGKey(0),
@@ -108,7 +102,7 @@ def test_per_device_bn_keeps_running_statistics_identical():
     expected = jax.tree.map(lambda *xs: np.mean(np.stack(xs), 0),
                             *[p["batch_stats"] for p in per_device])
     got = dp.unreplicate(state).batch_stats
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), expected, got)
+    chex.assert_trees_all_close(expected, got, **TOL)
     # ...which differ from statistics over the whole batch (sync BN).
     whole = stats(variables, batch["image"])["batch_stats"]
     diffs = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), whole, got)
@@ -157,13 +151,13 @@ def test_float16_dynamic_loss_scale_skips_overflow():
     bad["image"][0, 0, 0, 0] = np.inf  # -> non-finite gradients
     state, metrics = step(state, metrics, dp.shard_batch(bad))
     after = dp.unreplicate(state)
-    jax.tree.map(np.testing.assert_array_equal, before.params, after.params)
+    chex.assert_trees_all_equal(before.params, after.params)
     assert float(after.loss_scale) == 2.0**14 and float(dp.unreplicate(metrics)["nonfinite"]) == 1
     for b in _batches(2, seed=1):  # two finite steps (period 2): the scale doubles back
         state, metrics = step(state, metrics, dp.shard_batch(b))
     after = dp.unreplicate(state)
     assert float(after.loss_scale) == 2.0**15
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(after.params))
+    chex.assert_tree_all_finite(after.params)
     assert not np.allclose(jax.tree.leaves(after.params)[0], jax.tree.leaves(before.params)[0])
 
 
@@ -186,6 +180,6 @@ def test_eval_step_masks_padding_and_averages_views():
     assert float(out["count"]) == 11
     assert float(out["top1_sum"]) == float(((probs.argmax(-1) == labels) & mask).sum())
     assert float(out["top5_sum"]) == float(((top5 == labels[:, None]).any(-1) & mask).sum())
-    np.testing.assert_allclose(
+    chex.assert_trees_all_close(
         float(out["loss_sum"]), float(-(np.log(probs[np.arange(16), labels]) * mask).sum()),
-        rtol=1e-4)
+        rtol=1e-4, atol=0)

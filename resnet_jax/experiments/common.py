@@ -23,7 +23,6 @@ from resnet_jax.training import recipes
 
 DEFAULT_OUT = "runs/experiments"
 CIFAR_CLASSES = 10
-CIFAR_TRAIN_IMAGES = 50_000
 
 
 class ExperimentError(RuntimeError):
@@ -168,7 +167,7 @@ def cifar_config(
     c.num_train_steps = steps
     c.lr_boundaries = (steps * 0.5, steps * 0.75)
     c.model_kwargs = ml_collections.ConfigDict(model_kwargs or {})
-    steps_per_epoch = CIFAR_TRAIN_IMAGES // batch
+    steps_per_epoch = recipes.CIFAR_TRAIN_IMAGES // batch
     eval_every = max(1, steps // max(evals, 1))
     c.eval_every_epochs = eval_every / steps_per_epoch
     c.log_every_steps = max(1, min(100, steps // 50))

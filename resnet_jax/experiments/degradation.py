@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from resnet_jax.experiments import common
+from resnet_jax.training import recipes
 
 # --quick: 2 CPU cores, at most 30 minutes for all four nets (docs/experiments.md says why).
 QUICK_STEPS = 200
@@ -64,7 +65,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         rows.append([r["label"], 100 * r["final_train_error"], 100 * r["test_error"],
                      paper, f"{r['seconds'] / 60:.1f}"])
     report.add(
-        f"{steps} iterations of batch {batch} ({steps * batch / common.CIFAR_TRAIN_IMAGES:.2f} "
+        f"{steps} iterations of batch {batch} ({steps * batch / recipes.CIFAR_TRAIN_IMAGES:.2f} "
         f"epochs), lr 0.1 divided by 10 at {steps // 2} and {3 * steps // 4}; test error on "
         f"{report.data['test_images']:,} CIFAR-10 test images. Training error: mean mini-batch "
         "error (augmented) over the last 10% of logged steps.\n"

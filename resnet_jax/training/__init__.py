@@ -9,9 +9,11 @@ Commands: ``python train.py``, ``python -m resnet_jax.training.evaluate``, ``...
 
 from resnet_jax.training.config import ConfigError, default_config, load_config, validate
 from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
+from resnet_jax.training.parallel import DataParallel
 
 __all__ = [
     "ConfigError",
+    "DataParallel",
     "TrainingDivergedError",
     "default_config",
     "load_config",

@@ -13,6 +13,7 @@ import ml_collections
 from resnet_jax.inference import InferenceSpec
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+PRECISIONS = ("auto", *DTYPES)  # config.precision
 
 
 def resolve_precision(precision: str) -> str:

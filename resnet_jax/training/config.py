@@ -44,16 +44,27 @@ RESUMABLE_CHANGES = frozenset(
     }
 )
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "schedule": ("cosine", "step", "constant"),
-    "schedule_unit": ("epochs", "steps"),
-    "warmup": ("none", "linear", "constant"),
-    "precision": ("auto", "float32", "bfloat16", "float16"),
-    "parallel": ("shard_map", "pmap"),
-    "augment": ("none", "cifar", "resnet_paper", "inception"),
-    "eval_view": ("center", "ten_crop", "multi_scale"),
-    "progress_bar": ("auto", "on", "off"),
-}
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """Allowed values of each choice key, read from the registries that implement them.
+
+    Imported here, not at module load: they import JAX, and ``optim`` imports this module.
+    """
+    from resnet_jax.data.presets import PRESETS, VIEWS
+    from resnet_jax.training import build, optim, parallel
+    from resnet_jax.training.metrics import Progress
+
+    return {
+        "schedule": tuple(optim.SCHEDULES),
+        "schedule_unit": ("epochs", "steps"),
+        "warmup": tuple(optim.WARMUPS),
+        "precision": build.PRECISIONS,
+        "parallel": parallel.modes(),
+        "augment": PRESETS,
+        "eval_view": VIEWS,
+        "progress_bar": Progress.MODES,
+    }
 
 
 class ConfigError(ValueError):
@@ -254,9 +265,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"config.{key} = {got!r} has type {type(got).__name__}, "
                 f"expected {type(want).__name__}"
             )
-    for key, choices in CHOICES.items():
-        if config[key] not in choices:
-            raise ConfigError(f"config.{key} = {config[key]!r}; choose one of {choices}")
+    for key, allowed in choices().items():
+        if config[key] not in allowed:
+            raise ConfigError(f"config.{key} = {config[key]!r}; choose one of {allowed}")
     positive = ("global_batch_size", "log_every_steps", "checkpoint_every_steps", "image_size")
     for key in positive:
         if config[key] <= 0:
@@ -277,6 +288,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.lr_boundaries must increase, got {config.lr_boundaries}")
     _check_regex("frozen", config.frozen)
     parse_lr_multipliers(config.lr_multipliers)
+    from resnet_jax.training.xla_flags import xla_flags_for  # it imports ConfigError from here
+
     xla_flags_for(config.xla_flags)
 
 
@@ -317,64 +330,6 @@ def parse_lr_multipliers(spec: str) -> list[tuple[str, float]]:
         _check_regex("lr_multipliers", regex)
         pairs.append((regex, factor))
     return pairs
-
-
-# Recommended on GPUs (JAX "GPU performance tips"; the default of NVIDIA's JAX-Toolbox images):
-# lets XLA overlap the gradient all-reduce with the backward pass on several GPUs.
-GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
-
-
-def gpu_plugin_installed() -> bool:
-    """Whether a CUDA or ROCm plugin of jaxlib is installed (checked without starting JAX)."""
-    import pkgutil
-
-    names = [m.name for m in pkgutil.iter_modules()]
-    try:
-        import jax_plugins
-
-        names += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
-    except ImportError:
-        pass
-    return any(("cuda" in n or "rocm" in n) and ("jax" in n or "xla" in n) for n in names)
-
-
-def xla_flags_for(setting: str) -> list[str]:
-    """The flags ``config.xla_flags`` stands for; a malformed flag is a ConfigError."""
-    if setting == "auto":
-        return list(GPU_XLA_FLAGS) if gpu_plugin_installed() else []
-    flags = setting.split()
-    bad = [f for f in flags if not f.startswith("--") or len(f) < 3]
-    if bad:
-        raise ConfigError(
-            f"config.xla_flags: {bad} are not XLA flags; give them as '--name=value', "
-            "space-separated, or 'auto' / '' (see docs/training.md)"
-        )
-    return flags
-
-
-def apply_xla_flags(config: ml_collections.ConfigDict) -> list[str]:
-    """Adds ``config.xla_flags`` to $XLA_FLAGS (a flag already there keeps its value) and
-    returns what was added. XLA reads the variable once, when JAX starts its backends: later,
-    explicit flags are a ConfigError and "auto" ones are skipped with a warning."""
-    import logging
-
-    flags = xla_flags_for(config.xla_flags)
-    present = os.environ.get("XLA_FLAGS", "").split()
-    names = {f.split("=", 1)[0] for f in present}
-    new = [f for f in flags if f.split("=", 1)[0] not in names]
-    if not new:
-        return []
-    from jax._src import xla_bridge
-
-    if xla_bridge.backends_are_initialized():
-        message = (f"config.xla_flags {new} cannot take effect: JAX has already started; set them "
-                   "before the first JAX computation (train.py does) or in $XLA_FLAGS")
-        if config.xla_flags != "auto":
-            raise ConfigError(message)
-        logging.getLogger(__name__).warning(message)
-        return []
-    os.environ["XLA_FLAGS"] = " ".join([*present, *new])
-    return new
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

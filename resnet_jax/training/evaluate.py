@@ -35,7 +35,8 @@ from resnet_jax.data.normalization import NORMALIZATIONS
 from resnet_jax.inference import Run, RunError, load_run
 from resnet_jax.training import build
 from resnet_jax.training.config import ConfigError, apply_override, default_config
-from resnet_jax.training.step import DataParallel, make_ensemble_eval_step, make_eval_step
+from resnet_jax.training.parallel import DataParallel
+from resnet_jax.training.step import make_ensemble_eval_step, make_eval_step
 
 
 def accuracy(sums: dict[str, Any]) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Metric output: JSON lines, TensorBoard event files, and a progress bar or log lines.
+"""Training metrics: the running sums between log steps (:class:`TrainMetrics`), and their
+output: JSON lines, TensorBoard event files, and a progress bar or log lines.
 
 Only process 0 writes (``enabled=False`` elsewhere). ``metrics.jsonl`` has one object per
 line: ``{"step": s, "split": "train"|"eval", ...}``; ``python -m resnet_jax.training.plot``
@@ -11,9 +12,107 @@ import json
 import math
 import sys
 import time
-from typing import IO, Any
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
 
 from resnet_jax import fs
+
+if TYPE_CHECKING:
+    from resnet_jax.checkpoint import Checkpointer
+    from resnet_jax.training.parallel import DataParallel
+    from resnet_jax.training.step import TrainState
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The loss or the gradients became NaN or Inf."""
+
+
+class TrainMetrics:
+    """The training metrics of one log interval: on-device sums in, one host row out.
+
+    The step adds to :attr:`sums` on the devices, asynchronously; :meth:`log` (every
+    ``log_every_steps`` and before each checkpoint) fetches them, stops a diverged run, writes
+    the row and the progress line, and restarts the sums and the clock.
+    """
+
+    def __init__(
+        self,
+        dp: DataParallel,
+        lr_fn: Callable[[int], Any],
+        steps_per_epoch: int,
+        *,
+        fp16: bool,
+        checkpoints: Checkpointer,
+    ):
+        self.sums = dp.init_metrics()  # in dp's layout; donated to (and returned by) the step
+        self.last: dict[str, float] = {}  # the latest row
+        self._dp, self._lr_fn, self._steps_per_epoch = dp, lr_fn, steps_per_epoch
+        self._fp16, self._checkpoints = fp16, checkpoints
+        self._images, self._train_s = 0, 0.0  # totals over the logged intervals
+        self._t = time.time()
+
+    def update(self, sums: dict) -> None:
+        """Takes the sums the step returned (it consumed the previous ones)."""
+        self.sums = sums
+
+    def restart_clock(self) -> None:
+        """Leaves the time since the last row (an evaluation) out of images/s."""
+        self._t = time.time()
+
+    @property
+    def images_per_s(self) -> float | None:
+        """Training throughput over every logged interval; None before the first row."""
+        return self._images / self._train_s if self._train_s else None
+
+    def log(self, step: int, state: TrainState, writer: MetricWriter, progress: Progress) -> None:
+        """Fetches the row of ``step`` and writes it to ``writer`` and ``progress``."""
+        row = self.fetch(step, state)
+        writer.write(step, "train", {**row, "error": 1 - row["top1"]})
+        progress.update(
+            step,
+            {
+                "epoch": row["epoch"],
+                "loss": row["loss"],
+                "acc": row["top1"],
+                "lr": row["lr"],
+                "img/s": row["images_per_s"],
+            },
+        )
+
+    def fetch(self, step: int, state: TrainState) -> dict[str, float]:
+        """Means over the interval ending at ``step`` (a host sync); raises
+        :class:`TrainingDivergedError` on a non-finite loss or gradients."""
+        m = self._dp.unreplicate(self.sums)
+        self.sums = self._dp.init_metrics()
+        count = max(float(m["count"]), 1.0)
+        loss = float(m["loss_sum"]) / count
+        self._check_finite(step, loss, m["nonfinite"])
+        dt = time.time() - self._t
+        self._images += int(count)
+        self._train_s += dt
+        row = {
+            "epoch": step / self._steps_per_epoch,
+            "loss": loss,
+            "top1": float(m["top1_sum"]) / count,
+            "lr": float(self._lr_fn(step - 1)),
+            "images_per_s": count / max(dt, 1e-9),
+        }
+        if self._fp16:
+            row["loss_scale"] = float(self._dp.unreplicate(state.loss_scale))
+            row["skipped_steps"] = float(m["nonfinite"])
+        self._t = time.time()
+        self.last = row
+        return row
+
+    def _check_finite(self, step: int, loss: float, nonfinite: Any) -> None:
+        # float16 skips steps with non-finite gradients by design (dynamic loss scaling).
+        if not math.isfinite(loss) or (nonfinite > 0 and not self._fp16):
+            kept = self._checkpoints.latest_step()
+            raise TrainingDivergedError(
+                f"loss is {loss} (non-finite gradients in {int(nonfinite)} steps) "
+                f"by step {step}; stopping. The last good checkpoint (step {kept}) is kept in "
+                f"{self._checkpoints.directory}. Lower learning_rate, add warm-up or use float32."
+            )
 
 
 class MetricWriter:
@@ -120,6 +219,8 @@ class Progress:
 
     ``mode``: "auto" (bar if stdout is a TTY), "on" or "off".
     """
+
+    MODES = ("auto", "on", "off")  # config.progress_bar
 
     def __init__(self, total: int, mode: str = "auto", enabled: bool = True, stream=None):
         self.total = total

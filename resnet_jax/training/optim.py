@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -29,6 +30,52 @@ def peak_learning_rate(config: ml_collections.ConfigDict) -> float:
     return float(config.learning_rate) * scale
 
 
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """The numbers a schedule needs, in steps."""
+
+    lr: float
+    warm: int
+    decay_len: int
+    boundaries: jax.Array
+    factor: float
+    warmup_lr: float
+
+
+def _cosine(step: jax.Array, p: _Plan) -> jax.Array:
+    # Cosine from the end of warm-up to zero at the last step (Loshchilov & Hutter 2017).
+    t = jnp.clip((step - p.warm) / p.decay_len, 0.0, 1.0)
+    return 0.5 * p.lr * (1.0 + jnp.cos(jnp.pi * t))
+
+
+def _step_decay(step: jax.Array, p: _Plan) -> jax.Array:
+    # Divide by 1/factor at each boundary (He et al. 2015, Sec. 3.4 and 4.2).
+    return p.lr * p.factor ** jnp.sum(step >= p.boundaries).astype(jnp.float32)
+
+
+def _linear_warmup(step: jax.Array, p: _Plan) -> jax.Array:
+    # Linear ramp from zero (Goyal et al. 2017, Sec. 2.2, gradual warm-up).
+    return p.lr * step / max(p.warm, 1)
+
+
+def _constant_warmup(step: jax.Array, p: _Plan) -> jax.Array:
+    # He et al. 2015 Sec. 4.2: 0.01 until training error < 80% (~400 iterations) for ResNet-110.
+    return jnp.full_like(step, p.warmup_lr)
+
+
+# The registries config.schedule / config.warmup choose from (config.choices() reads them).
+SCHEDULES: dict[str, Callable[[jax.Array, _Plan], jax.Array]] = {
+    "cosine": _cosine,
+    "step": _step_decay,
+    "constant": lambda step, p: jnp.full_like(step, p.lr),
+}
+WARMUPS: dict[str, Callable[[jax.Array, _Plan], jax.Array]] = {
+    "none": _constant_warmup,  # never used: the warm-up then has zero steps
+    "linear": _linear_warmup,
+    "constant": _constant_warmup,
+}
+
+
 def create_learning_rate_fn(
     config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.Schedule:
@@ -42,25 +89,13 @@ def create_learning_rate_fn(
     total = total_steps(config, steps_per_epoch)
     warm = int(round(config.warmup_length * unit)) if config.warmup != "none" else 0
     boundaries = jnp.asarray([int(round(b * unit)) for b in config.lr_boundaries] or [total + 1])
-    factor = config.lr_decay_factor
-    decay_len = max(1, total - warm)
+    plan = _Plan(lr=lr, warm=warm, decay_len=max(1, total - warm), boundaries=boundaries,
+                 factor=config.lr_decay_factor, warmup_lr=config.warmup_lr)
+    main, warmup = SCHEDULES[config.schedule], WARMUPS[config.warmup]
 
     def schedule(step: jax.Array) -> jax.Array:
         step = jnp.asarray(step, jnp.float32)
-        if config.schedule == "cosine":
-            # Cosine from the end of warm-up to zero at the last step (Loshchilov & Hutter 2017).
-            t = jnp.clip((step - warm) / decay_len, 0.0, 1.0)
-            main = 0.5 * lr * (1.0 + jnp.cos(jnp.pi * t))
-        elif config.schedule == "step":
-            main = lr * factor ** jnp.sum(step >= boundaries).astype(jnp.float32)
-        else:
-            main = jnp.full_like(step, lr)
-        if config.warmup == "linear":
-            # Linear ramp from zero (Goyal et al. 2017, Sec. 2.2, gradual warm-up).
-            warm_lr = lr * step / max(warm, 1)
-        else:
-            warm_lr = jnp.full_like(step, config.warmup_lr)
-        return jnp.where(step < warm, warm_lr, main)
+        return jnp.where(step < warm, warmup(step, plan), main(step, plan))
 
     return schedule
 

@@ -6,7 +6,7 @@ import ml_collections
 
 from resnet_jax.training.config import default_config
 
-CIFAR_TRAIN_IMAGES = 50_000
+CIFAR_TRAIN_IMAGES = 50_000  # CIFAR-10 training split (Krizhevsky 2009); epochs <-> iterations
 
 
 def imagenet(model: str, variant: str = "") -> ml_collections.ConfigDict:

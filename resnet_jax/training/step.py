@@ -1,33 +1,26 @@
-"""The train and eval steps, and their data-parallel wrappers (``jax.shard_map`` or ``jax.pmap``).
+"""The train and eval steps: one per-device function each, and the state they update.
 
-One per-device step function is written once, with collectives over the axis ``"batch"``:
-gradients are averaged with ``lax.pmean``, BatchNorm statistics are synchronised by the model
-(``axis_name="batch"``) or averaged after the step when computed per device. The function is
-then wrapped either in ``jax.jit(jax.shard_map(...))`` over a 1-D mesh of every device with
-global ``jax.Array`` batches (default, multi-host friendly), or in ``jax.pmap`` (what the Flax
-ImageNet example does). Both donate the state and metric buffers.
+Each step is written once, with collectives over the axis ``"batch"``: gradients are averaged
+with ``lax.pmean``, BatchNorm statistics are synchronised by the model (``axis_name="batch"``)
+or averaged after the step when computed per device. ``parallel.py`` maps it over the devices
+(``DataParallel``: ``jax.jit(jax.shard_map(...))`` by default, or ``jax.pmap``).
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import chex
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from resnet_jax.training.optim import cross_entropy
 
 AXIS = "batch"
-PREFETCH = 2  # batches kept on the devices ahead of the step (Flax's prefetch_to_device default)
 PyTree = Any
 Batch = dict[str, Any]
 Prepare = Callable[[Batch], Any]  # batch -> the network's input, on the device
@@ -101,10 +94,10 @@ def make_train_step(
 ) -> Callable[[TrainState, dict, Batch], tuple[TrainState, dict]]:
     """The per-device train step ``(state, metrics, batch) -> (state, metrics)``.
 
-    Must run inside a mapped axis named ``"batch"`` (see :func:`parallelize`). ``batch`` holds
-    this device's ``image`` [b,H,W,3] and ``label`` [b]; ``prepare(batch)``, if given, makes
-    the network's input from it on the device (uint8 pixels -> normalised and augmented, see
-    ``resnet_jax.data.device.finish``). Metrics are added to the running sums.
+    Must run inside a mapped axis named ``"batch"`` (``DataParallel.train_step`` maps it).
+    ``batch`` holds this device's ``image`` [b,H,W,3] and ``label`` [b]; ``prepare(batch)``, if
+    given, makes the network's input from it on the device (uint8 pixels -> normalised and
+    augmented, see ``resnet_jax.data.device.finish``). Metrics are added to the running sums.
     """
 
     def step_fn(state: TrainState, metrics: dict, batch: Batch) -> tuple[TrainState, dict]:
@@ -112,6 +105,9 @@ def make_train_step(
         rng = jax.random.fold_in(state.rng, state.step)
         rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
 
+        # A malformed batch fails here, at trace time, naming the array and its shape.
+        chex.assert_rank([batch["image"], batch["label"]], [4, 1])
+        chex.assert_equal_shape_prefix([batch["image"], batch["label"]], 1)
         images = prepare(batch) if prepare is not None else batch["image"]
 
         def loss_fn(params):
@@ -199,6 +195,8 @@ def _view_log_probs(apply_fn: Callable[[jax.Array], jax.Array], images: Any) -> 
 def _eval_sums(logp: jax.Array, batch: Batch) -> dict[str, jax.Array]:
     """Sums of loss, top-1, top-5 and count over the batch's real (``mask``) examples."""
     labels, mask = batch["label"], batch["mask"].astype(jnp.float32)
+    chex.assert_rank([logp, labels, mask], [2, 1, 1])
+    chex.assert_equal_shape_prefix([logp, labels, mask], 1)
     loss = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
     k = min(5, logp.shape[-1])
     topk = jax.lax.top_k(logp, k)[1]
@@ -251,132 +249,3 @@ def make_ensemble_eval_step(
         return jax.lax.psum(sums, AXIS)
 
     return eval_fn
-
-
-class DataParallel:
-    """Places state and batches, and wraps per-device step functions, for one parallel mode.
-
-    ``mode="shard_map"``: a 1-D mesh over ``jax.devices()`` (all processes); state is a
-    replicated global ``jax.Array`` tree; each process passes its local batch and it becomes
-    one global ``jax.Array`` sharded over the mesh.
-    ``mode="pmap"``: state has a leading axis of local devices; batches are reshaped to
-    [local_devices, b / local_devices, ...].
-    """
-
-    def __init__(self, mode: str = "shard_map", devices: list | None = None):
-        if mode not in ("shard_map", "pmap"):
-            raise ValueError(f"parallel mode must be 'shard_map' or 'pmap', got {mode!r}")
-        self.mode = mode
-        if mode == "pmap":
-            self.devices = list(devices or jax.local_devices())
-        else:
-            self.devices = list(devices or jax.devices())
-        self.mesh = Mesh(np.asarray(self.devices), (AXIS,))
-        self.replicated = NamedSharding(self.mesh, P())
-        self.sharded = NamedSharding(self.mesh, P(AXIS))
-        self.num_local_devices = sum(d.process_index == jax.process_index() for d in self.devices)
-
-    # ---- placement -------------------------------------------------------------------------
-    def replicate(self, tree: PyTree) -> PyTree:
-        """Host values (identical on every process) -> device state in this mode's layout."""
-        if self.mode == "pmap":
-            n = len(self.devices)
-
-            def put(x):
-                x = np.asarray(x)
-                return jax.device_put(np.broadcast_to(x, (n, *x.shape)), self.sharded)
-
-            return jax.tree.map(put, tree)
-
-        def put_global(x):
-            x = np.asarray(x)
-            return jax.make_array_from_callback(x.shape, self.replicated, lambda idx: x[idx])
-
-        return jax.tree.map(put_global, tree)
-
-    def unreplicate(self, tree: PyTree) -> PyTree:
-        """Device state -> one copy as numpy arrays (fetches to the host)."""
-        if self.mode == "pmap":
-            return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)
-        return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), tree)
-
-    def shard_batch(self, batch: Batch) -> Batch:
-        """This process's local batch (numpy) -> the step's input layout."""
-        if self.mode == "pmap":
-            n = self.num_local_devices
-
-            def split(x):
-                if x.shape[0] % n:
-                    raise ValueError(f"local batch {x.shape[0]} is not divisible by {n} devices")
-                return x.reshape((n, x.shape[0] // n, *x.shape[1:]))
-
-            return jax.tree.map(split, batch)
-        return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(self.sharded, np.asarray(x)), batch
-        )
-
-    def device_batches(self, batches: Iterable[Batch], size: int = PREFETCH) -> Iterator[Batch]:
-        """``batches`` (this process's numpy batches) placed on the devices ``size`` ahead, so
-        the next batches' host-to-device copies overlap the running step (what Flax's
-        ``prefetch_to_device`` and big_vision's ``start_global`` do)."""
-        queue: collections.deque = collections.deque()
-        it = iter(batches)
-
-        def enqueue(n: int) -> None:
-            for batch in itertools.islice(it, n):
-                queue.append(self.put_batch(batch))
-
-        enqueue(size)
-        while queue:
-            batch = queue.popleft()
-            enqueue(1)  # before yielding: ``size`` batches in flight while this one is used
-            yield batch
-
-    def put_batch(self, batch: Batch) -> Batch:
-        """One local batch on the devices, in the step's input layout (copies start now)."""
-        batch = self.shard_batch(batch)
-        if self.mode == "pmap":  # [devices, b, ...] split over the leading axis, as pmap takes it
-            return jax.tree.map(lambda x: jax.device_put(x, self.sharded), batch)
-        return batch
-
-    # ---- wrapping --------------------------------------------------------------------------
-    def train_step(self, step_fn: Callable) -> Callable:
-        """Jits ``step_fn(state, metrics, batch)`` data-parallel, donating state and metrics."""
-        if self.mode == "pmap":
-            return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0, 1), devices=self.devices)
-        # check_vma=False keeps pmap's semantics (no implicit psum of gradients of replicated
-        # inputs), so one step function serves both modes; its pmeans make outputs replicated.
-        mapped = jax.shard_map(
-            step_fn,
-            mesh=self.mesh,
-            in_specs=(P(), P(), P(AXIS)),
-            out_specs=(P(), P()),
-            check_vma=False,
-        )
-        return jax.jit(mapped, donate_argnums=(0, 1))
-
-    def eval_step(self, eval_fn: Callable) -> Callable:
-        """Jits ``eval_fn(variables, batch)`` data-parallel; returns global sums."""
-        if self.mode == "pmap":
-            pmapped = jax.pmap(eval_fn, axis_name=AXIS, devices=self.devices)
-            return lambda v, b: jax.tree.map(lambda x: x[0], pmapped(v, b))
-        mapped = jax.shard_map(
-            eval_fn, mesh=self.mesh, in_specs=(P(), P(AXIS)), out_specs=P(), check_vma=False
-        )
-        return jax.jit(mapped)
-
-    def init_state(self, init_fn: Callable[[], TrainState]) -> TrainState:
-        """Runs ``init_fn`` on device, directly into this mode's layout."""
-        if self.mode == "pmap":
-            return self.replicate(jax.device_get(jax.jit(init_fn)()))
-        return jax.jit(init_fn, out_shardings=self.replicated)()
-
-    def init_metrics(self) -> dict:
-        return self.replicate(jax.device_get(init_metrics()))
-
-    def state_shardings(self, abstract_state: PyTree) -> PyTree:
-        """Shape/dtype/sharding structs of the state, as orbax restores it."""
-        return jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=self.replicated),
-            abstract_state,
-        )
