@@ -21,7 +21,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import platform
 import re
 import runpy
 import sys
@@ -53,10 +52,15 @@ def _installed(module: str) -> bool:
 
 def probe() -> None:
     """What this python can run: JAX's backend and devices, and the modules each step lacks."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import machine  # standard library only
+
+    host = machine.host()
     info: dict = {
-        "python": platform.python_version(),
+        "python": host["python"],
         "executable": sys.executable,
-        "host_cores": os.cpu_count(),
+        "host_cores": host["cores"],
+        "cpu": machine.cpu_name(),
         "jax": None,
         "backend": None,
         "device_kind": None,

@@ -29,8 +29,8 @@ import jax  # noqa: E402
 from resnet_jax import data  # noqa: E402
 from resnet_jax.data import testing  # noqa: E402
 from resnet_jax.training import build, optim, recipes, train_and_evaluate  # noqa: E402
+from resnet_jax.training.parallel import DataParallel  # noqa: E402
 from resnet_jax.training.step import (  # noqa: E402
-    DataParallel,
     create_train_state,
     make_train_step,
 )

@@ -30,7 +30,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -77,19 +76,20 @@ def _measure(kind: str, root: str, cache: str, repo: str) -> dict:
     sys.path.insert(0, repo)
     from resnet_jax import data
     from resnet_jax.data import sources
+    from resnet_jax.data.sources import folder as folder_module
 
     cache_opt: bool | str = "auto" if cache == "auto" else cache == "true"
     if not sources.__file__.startswith(repo):
         raise SystemExit(f"imported {sources.__file__}, not the code in {repo}")
     scans = {"n": 0}
-    scan = getattr(sources, "_scan_folder", None)
+    scan = getattr(folder_module, "_scan_folder", None)
     if scan is not None:  # count real scans (memo misses), not folder_source calls
 
         def counting_scan(*args, **kwargs):
             scans["n"] += 1
             return scan(*args, **kwargs)
 
-        sources._scan_folder = counting_scan
+        folder_module._scan_folder = counting_scan
     else:  # code without a memo: every folder_source call scans
         fs = sources.folder_source
 
@@ -137,16 +137,6 @@ def _row(r: dict, repo: str) -> str:
     )
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--files", default="200000,1000000", help="comma-separated file counts")
@@ -166,7 +156,11 @@ def main() -> None:
         return
     repos = [str(Path(r).resolve()) for r in args.repo or [REPO]]
 
-    print(f"CPU: {_cpu()}; {os.cpu_count()} cores; Python {platform.python_version()}")
+    sys.path.insert(0, str(REPO))  # here, not at import: --measure children import --repo only
+    from benchmarks import machine
+
+    host = machine.host()
+    print(f"CPU: {machine.cpu_name()}; {host['cores']} cores; Python {host['python']}")
     print(f"code: {', '.join(repos)}; fastest of {args.repeats} run(s)")
     print("| files | code | measured | cache | in memory | seconds | us/file | peak RSS MB "
           "(after imports) | scans |")  # fmt: skip

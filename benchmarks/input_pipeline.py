@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
 import resource
 import sys
 import tempfile
@@ -27,6 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import machine  # noqa: E402
 from resnet_jax import data  # noqa: E402
 from resnet_jax.data import augment as aug  # noqa: E402
 from resnet_jax.data import testing  # noqa: E402
@@ -145,7 +145,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="uint8", choices=["uint8", "float32"],
                         help="our stream's images: uint8 (the trainer's) or host-normalised f32")
     args = parser.parse_args()
-    cores = os.cpu_count() or 1
+    host = machine.host()
+    cores = host["cores"] or 1  # os.cpu_count(): what tf.data may use
     tmp = Path(tempfile.mkdtemp(prefix="bench_input_"))
     nette = testing.extract_subset(testing.IMAGENETTE_ARCHIVE, tmp / "nette",
                                    per_class=args.imagenette_per_class, splits=("train",))
@@ -174,8 +175,8 @@ def main() -> None:
         print(f"{dataset} {preset}: ours {o:.0f} img/s, baseline {b:.0f} img/s, {o / b:.2f}x",
               file=sys.stderr, flush=True)  # fmt: skip
 
-    print(f"\nMachine: {cores}-core CPU ({platform.processor() or platform.machine()}), "
-          f"Python {platform.python_version()}, TensorFlow {tf.__version__}; "
+    print(f"\nMachine: {cores}-core CPU ({machine.cpu_name()}), "
+          f"Python {host['python']}, TensorFlow {tf.__version__}; "
           f"batch {BATCH}, best of {args.repeats} x {args.seconds:.0f} s runs; ours streams "
           f"{args.dtype}.\n")  # fmt: skip
     print("| data | preset | size | images | ours img/s | ours img/s/core | ours img/CPU-s "

@@ -37,8 +37,9 @@ sys.path.insert(0, str(ROOT))
 
 import jax  # noqa: E402
 
-import resnet_jax  # noqa: E402
-from benchmarks import train_step as bench  # noqa: E402
+from benchmarks import machine  # noqa: E402
+from benchmarks import step_common as bench  # noqa: E402
+from benchmarks.step_torch import TorchStep  # noqa: E402
 
 DW = "conv weight-grad (dw: matmul or swapped conv)"
 CATEGORIES = [
@@ -51,6 +52,11 @@ CATEGORIES = [
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+(?: \S+)*?) ([\w\-]+)\(")
 _CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _OPNAME = re.compile(r'op_name="([^"]*)"')
+_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+# conv_impl="onednn" (resnet_jax.models.onednn): one custom call per convolution pass.
+_ONEDNN = {"resnet_jax_onednn_conv_fwd": "conv forward",
+           "resnet_jax_onednn_conv_bwd_data": "conv input-grad (dx)",
+           "resnet_jax_onednn_conv_bwd_weights": DW}
 
 
 def parse_hlo(text: str) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]]:
@@ -72,12 +78,14 @@ def parse_hlo(text: str) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]
             comps[comp].add(opcode)
         calls = _CALLS.search(line)
         opn = _OPNAME.search(line)
+        target = _TARGET.search(line)
         dims = re.match(r"\w+\[([\d,]*)\]", m.group(2))
         size = 1
         for d in (dims.group(1).split(",") if dims and dims.group(1) else []):
             size *= int(d)
         instrs[name] = {"opcode": opcode, "op_name": opn.group(1) if opn else "",
-                        "calls": calls.group(1) if calls else None, "size": size}
+                        "calls": calls.group(1) if calls else None, "size": size,
+                        "target": target.group(1) if target else ""}
     return instrs, comps
 
 
@@ -90,6 +98,8 @@ def categorize(name: str, instrs: dict[str, dict[str, Any]], comps: dict[str, se
     if ins is None:
         return "other"
     op, opn = ins["opcode"], ins["op_name"]
+    if ins.get("target") in _ONEDNN:
+        return _ONEDNN[ins["target"]]
     ops = {op} | _called_ops(ins, comps)
     bwd = "transpose(jvp(" in opn
     fwd = "jvp(" in opn and not bwd
@@ -139,8 +149,7 @@ def _thunk_events(xplane: str) -> tuple[dict[str, float], dict[str, int]]:
 def profile_jax(name: str, batch: int, dtype: str, steps: int, conv_impl: str,
                 dump_hlo: str | None = None) -> dict[str, Any]:
     size, classes = bench.default_image_size(name), bench.default_classes(name)
-    model = resnet_jax.create_model(name, num_classes=classes, dtype=bench.DTYPES[dtype],
-                                    axis_name="batch", conv_impl=conv_impl)
+    model = bench.create_model(name, classes, dtype, conv_impl)
     step = bench.JaxStep(model, batch, size, classes, dtype)
     step.run(2)
     hlo = step.compiled.as_text()
@@ -189,7 +198,7 @@ def profile_torch(name: str, batch: int, dtype: str, steps: int) -> dict[str, An
     from torch.profiler import ProfilerActivity, profile
 
     size, classes = bench.default_image_size(name), bench.default_classes(name)
-    step = bench.TorchStep(name, batch, size, classes, dtype)
+    step = TorchStep(name, batch, size, classes, dtype)
     step.run(2)
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -231,16 +240,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--dtype", default="float32", choices=list(bench.DTYPES))
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--conv_impl", default="auto", choices=["auto", "xla", "cpu_fast"])
+    p.add_argument("--conv_impl", default="auto", choices=["auto", "xla", "cpu_fast", "onednn"])
     p.add_argument("--torch", action="store_true", help="also profile the PyTorch twin")
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--dump_hlo", default=None, help="write the compiled step's HLO here")
     p.add_argument("--out", default=None, help="JSON with every op")
     args = p.parse_args(argv)
-    info = bench.machine()
-    print(f"Machine: {info['cpu']} (family/model {info['cpu_family_model']}), "
-          f"{info['cores']} cores, flags {info['cpu_flags']}; JAX {info['jax']}; "
-          f"XLA_FLAGS={info['xla_flags'] or '(none)'}; load {os.getloadavg()[0]:.2f}\n")
+    info = machine.machine()
+    print(f"Machine: {machine.machine_line(info)}; load {os.getloadavg()[0]:.2f}\n")
     results = [profile_jax(args.models, args.batch, args.dtype, args.steps, args.conv_impl,
                            args.dump_hlo)]
     if args.torch:

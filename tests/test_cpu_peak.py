@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from benchmarks import train_step as bench
+from benchmarks import machine as bench
 
 AVX2 = "fpu sse sse2 ssse3 fma sse4_1 sse4_2 avx f16c avx2"
 AVX512 = AVX2 + " avx512f avx512dq avx512cd avx512bw avx512vl"
