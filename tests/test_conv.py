@@ -1,5 +1,6 @@
 """The CPU convolution backward (layers.cpu_fast_conv_general_dilated) against lax's."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,10 +28,11 @@ def _inputs(shape_x, shape_w, dtype=jnp.float32):
             jax.random.normal(kw, shape_w).astype(dtype))
 
 
-def _close(a, b, rtol):
+def _close(a, b, rtol, name=None):
     a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    assert a.shape == b.shape
-    np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(a).max())
+    chex.assert_equal_shape([a, b], custom_message=name)
+    chex.assert_trees_all_close(a, b, rtol=rtol, atol=rtol * np.abs(a).max(),
+                                custom_message=name)
 
 
 @pytest.mark.parametrize("kernel,strides,groups,size", [
@@ -81,7 +83,7 @@ def test_bfloat16(monkeypatch):
     want = _value_and_grads(lax.conv_general_dilated, x, w, (1, 1), ((1, 1), (1, 1)), 1)
     got = _value_and_grads(cpu_fast_conv_general_dilated, x, w, (1, 1), ((1, 1), (1, 1)), 1)
     for a, b in zip(want, got, strict=True):
-        assert b.dtype == a.dtype == jnp.bfloat16
+        chex.assert_type([a, b], jnp.bfloat16)
         _close(a, b, 2e-2)
 
 
@@ -91,12 +93,12 @@ def test_unsupported_falls_back_to_lax():
     want = lax.conv_general_dilated(x, w, (1, 1), pads, rhs_dilation=(2, 2), dimension_numbers=DN)
     got = cpu_fast_conv_general_dilated(x, w, (1, 1), pads, rhs_dilation=(2, 2),
                                         dimension_numbers=DN)
-    np.testing.assert_array_equal(want, got)
+    chex.assert_trees_all_equal(want, got)
     nchw = cpu_fast_conv_general_dilated(x.transpose(0, 3, 1, 2), w, (1, 1), ((1, 1), (1, 1)),
                                          dimension_numbers=("NCHW", "HWIO", "NCHW"))
-    np.testing.assert_allclose(nchw.transpose(0, 2, 3, 1),
-                               lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
-                                                        dimension_numbers=DN), rtol=1e-6)
+    chex.assert_trees_all_close(nchw.transpose(0, 2, 3, 1),
+                                lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
+                                                         dimension_numbers=DN), rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="conv_impl"):
         conv_general_dilated_fn("cudnn")  # type: ignore[arg-type]
 
@@ -140,6 +142,7 @@ def test_model_gradients_match_lax():
         return jax.jit(jax.grad(loss))(v["params"])
 
     want, got = grads("xla"), grads("cpu_fast")
-    assert jax.tree.structure(want) == jax.tree.structure(got)
-    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
-        _close(a, b, 1e-5)
+    chex.assert_trees_all_equal_structs(want, got)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(want)[0], jax.tree.leaves(got),
+                            strict=True):
+        _close(a, b, 1e-5, jax.tree_util.keystr(path))  # atol: rtol x each leaf's largest |value|

@@ -2,6 +2,7 @@
 
 import itertools
 
+import chex
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -22,11 +23,8 @@ def _digits_train(**kw):
 
 
 def _assert_batches_equal(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x.keys() == y.keys()
-        for k in x:
-            np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+    """Lists of batches: same length, same keys, equal arrays (chex names e.g. '[2]['image']')."""
+    chex.assert_trees_all_equal(a, b)
 
 
 def test_same_seed_same_batches_other_seed_other_batches():

@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -192,9 +193,10 @@ def tf_served(exported, tmp_path_factory):
 
 
 def _compare(inputs, want, got, label) -> None:
-    for k in inputs:
-        assert got[k].shape == (len(inputs[k]), 10) and got[k].dtype == np.float32
-        np.testing.assert_allclose(got[k], want[k], atol=ATOL, rtol=0, err_msg=k)
+    chex.assert_shape([got[k] for k in inputs], [(len(inputs[k]), 10) for k in inputs])
+    chex.assert_type([got[k] for k in inputs], np.float32)
+    chex.assert_trees_all_close({k: got[k] for k in inputs}, {k: want[k] for k in inputs},
+                                rtol=0, atol=ATOL)
     print(f"\n{label}: max abs diff {max(np.abs(got[k] - want[k]).max() for k in inputs):.2e}")
 
 

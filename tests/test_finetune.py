@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 
+import chex
 import numpy as np
 import pytest
 
@@ -69,7 +70,7 @@ def test_run_is_self_contained(pretrained, tmp_path, capsys):
     run = load_run(str(workdir))
     assert run.spec.class_names == tuple(CLASSES) and run.spec.image_size == 8
     assert run.spec.normalization["kind"] == "per_pixel_mean"
-    assert run.spec.normalization["mean_image"].shape == (8, 8, 3)
+    chex.assert_shape(run.spec.normalization["mean_image"], (8, 8, 3))
     images = sorted(str(p) for p in (data / "test" / "cat").iterdir())[:3]
     images = [str(shutil.copy(p, tmp_path / f"img{i}.jpg")) for i, p in enumerate(images)]
     capsys.readouterr()
@@ -147,18 +148,15 @@ def test_init_from_our_run_new_head_frozen_backbone(pretrained, tmp_path, capsys
     assert int(state["step"]) == 4  # the run's own schedule, from step 0
     tuned = load_run(str(out))
     assert tuned.spec.class_names == ("dog", "frog", "horse")
-    np.testing.assert_array_equal(  # the pretrained run's normalisation, not re-estimated
+    chex.assert_trees_all_equal(  # the pretrained run's normalisation, not re-estimated
         tuned.spec.normalization["mean_image"],
         load_run(str(workdir)).spec.normalization["mean_image"])
-    for name in source["params"]:
-        if name == "fc":
-            assert state["params"]["fc"]["kernel"].shape == (8, 3)
-            continue
-        for a, b in zip(_leaves(source["params"][name]), _leaves(state["params"][name]),
-                        strict=True):
-            np.testing.assert_array_equal(a, b)  # frozen: bit-identical
-    for a, b in zip(_leaves(source["batch_stats"]), _leaves(state["batch_stats"]), strict=True):
-        np.testing.assert_array_equal(a, b)  # frozen BN statistics
+    chex.assert_shape(state["params"]["fc"]["kernel"], (8, 3))
+    backbone = [name for name in source["params"] if name != "fc"]
+    chex.assert_trees_all_equal(  # frozen: bit-identical
+        {name: source["params"][name] for name in backbone},
+        {name: state["params"][name] for name in backbone})
+    chex.assert_trees_all_equal(source["batch_stats"], state["batch_stats"])  # frozen BN stats
     # Resuming the same workdir ignores init_from and says so.
     assert _train(out, data, f"init_from={workdir}", "frozen=^(?!fc/)", "frozen_bn_stats=true",
                   "num_train_steps=4") == 0
@@ -173,12 +171,6 @@ def test_init_from_our_run_with_other_classes_of_the_same_count(pretrained, tmp_
     assert _train(tmp_path / "ft", data, f"init_from={workdir}", "num_train_steps=2") == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("init_from:")]
     assert "re-initialised fc/bias, fc/kernel (4 -> 4 outputs, other classes)" in line[0], line
-
-
-def _leaves(tree):
-    import jax
-
-    return jax.tree.leaves(tree)
 
 
 def _torch_file(tmp_path, variables, name, wrap):
@@ -214,9 +206,8 @@ def test_init_from_pytorch_files_as_people_have_them(pretrained, tmp_path, capsy
     assert "init_from: loaded" in log and f"PyTorch file {path}" in log
     assert "nothing re-initialised" in log  # same 4 classes: the head is loaded too
     state, _ = load_numpy(str(out / "checkpoints"))
-    for a, b in zip(_leaves(run.variables["params"]["layer2"]),
-                    _leaves(state["params"]["layer2"]), strict=True):
-        np.testing.assert_allclose(a, b, rtol=0, atol=0)
+    chex.assert_trees_all_close(run.variables["params"]["layer2"], state["params"]["layer2"],
+                                rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "other_arch", "not_tensors",

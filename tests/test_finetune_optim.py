@@ -1,5 +1,6 @@
 """Fine-tuning controls: frozen parameters, per-group learning-rate multipliers, frozen BN."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,11 +70,11 @@ def test_linear_probe_updates_only_fc_and_keeps_no_state_for_frozen(setup):
     new, state = _run(tx, params, grad_fn, 3)
     before, after = _flat(params), _flat(new)
     assert {k for k in before if k.startswith("fc/")} == {"fc/kernel", "fc/bias"}
-    for k in before:
-        if k.startswith("fc/"):
-            assert not np.array_equal(before[k], after[k]), k
-        else:
-            assert np.array_equal(before[k], after[k]), k
+    for k in ("fc/kernel", "fc/bias"):
+        assert not np.array_equal(before[k], after[k]), k
+    frozen = [k for k in before if not k.startswith("fc/")]
+    chex.assert_tree_all_finite(after)  # chex equality passes NaN == NaN; np.array_equal did not
+    chex.assert_trees_all_equal({k: before[k] for k in frozen}, {k: after[k] for k in frozen})
     # Momentum for fc only (plus the scalar step counters), none for the 268k frozen weights.
     fc_size = sum(v.size for k, v in before.items() if k.startswith("fc/"))
     state_size = sum(np.size(leaf) for leaf in jax.tree.leaves(state))
@@ -102,9 +103,10 @@ def test_lr_multiplier_scales_the_update_exactly(setup):
     u_plain, _ = plain.update(grads, plain.init(params), params)
     u_scaled, _ = scaled.update(grads, scaled.init(params), params)
     u_plain, u_scaled = _flat(u_plain), _flat(u_scaled)
+    expected = {k: u if k.startswith("fc/") else 0.5 * u for k, u in u_plain.items()}
+    chex.assert_tree_all_finite(u_scaled)
+    chex.assert_trees_all_equal(u_scaled, expected)
     for k, u in u_plain.items():
-        expected = u if k.startswith("fc/") else 0.5 * u
-        assert np.array_equal(u_scaled[k], expected), k
         assert np.any(np.asarray(u) != 0), k
 
 
@@ -133,11 +135,11 @@ def test_empty_options_give_the_plain_chain(setup):
         optax.sgd(lr, momentum=0.9, nesterov=False),
     )
     tx = optim.create_optimizer(c, lr)
-    assert jax.tree.structure(tx.init(params)) == jax.tree.structure(reference.init(params))
+    chex.assert_trees_all_equal_structs(tx.init(params), reference.init(params))
     got, _ = _run(tx, params, grad_fn, 2)
     want, _ = _run(reference, params, grad_fn, 2)
-    for k, v in _flat(want).items():
-        assert np.array_equal(_flat(got)[k], v), k
+    chex.assert_tree_all_finite(got)
+    chex.assert_trees_all_equal(got, want)
 
 
 def test_grad_clipping_ignores_frozen_gradients(setup):
@@ -155,9 +157,7 @@ def test_grad_clipping_ignores_frozen_gradients(setup):
     reference = _tx(_config(grad_clip_norm=clip))
     u, _ = tx.update(grads, tx.init(params), params)
     u_ref, _ = reference.update(zeroed, reference.init(params), params)
-    u, u_ref = _flat(u), _flat(u_ref)
-    for k in ("fc/kernel", "fc/bias"):
-        np.testing.assert_allclose(u[k], u_ref[k], rtol=1e-6, err_msg=k)
+    chex.assert_trees_all_close(u["fc"], u_ref["fc"], rtol=1e-6, atol=0)  # kernel and bias
 
 
 def test_regex_matching_nothing_or_everything_is_an_error(setup):
@@ -212,12 +212,12 @@ def test_frozen_bn_uses_and_keeps_running_statistics(setup, scan_units):
     # Same parameter names and shapes as without frozen_bn (checkpoints load either way).
     plain = resnet_jax.create_model("resnet20", num_classes=10, scan_units=scan_units)
     plain_init = plain.init(jax.random.PRNGKey(0), x, train=False)
-    assert jax.tree.map(jnp.shape, init) == jax.tree.map(jnp.shape, plain_init)
+    chex.assert_trees_all_equal_shapes(init, plain_init)
     logits, updated = model.apply(v, x, train=True, mutable=["batch_stats"])
     eval_logits = model.apply(v, x, train=False)
-    for a, b in zip(jax.tree.leaves(updated["batch_stats"]), jax.tree.leaves(stats), strict=True):
-        assert np.array_equal(a, b)
-    np.testing.assert_array_equal(logits, eval_logits)
+    chex.assert_tree_all_finite(stats)
+    chex.assert_trees_all_equal(updated["batch_stats"], stats)
+    chex.assert_trees_all_equal(logits, eval_logits)
     # Without frozen_bn the same train-mode call normalises with (and updates) batch statistics.
     plain_logits, plain_updated = plain.apply(v, x, train=True, mutable=["batch_stats"])
     assert not np.allclose(plain_logits, eval_logits)

@@ -2,6 +2,7 @@
 
 import functools
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -102,8 +103,8 @@ def test_macs_scale_with_batch_and_paper_table1_rounding():
 @pytest.mark.parametrize("name", resnet_jax.list_models())
 def test_every_model_builds_with_the_right_output_shape(name):
     out = _abstract(name)[0]
-    assert out.shape == (2, resnet_jax.create_model(name).num_classes)
-    assert out.dtype == jnp.float32
+    chex.assert_shape(out, (2, resnet_jax.create_model(name).num_classes))
+    chex.assert_type(out, jnp.float32)
 
 
 def test_registry_names_and_partials():
@@ -155,7 +156,7 @@ def test_option_a_subsamples_and_zero_pads():
     variables = _init(unit, x, 1)
     y = unit.apply(variables, x, train=False)  # branch is zero: y is the option-A shortcut
     expected = jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (2, 2)))
-    np.testing.assert_allclose(y, expected, atol=1e-6)
+    chex.assert_trees_all_close(y, expected, rtol=1e-7, atol=1e-6)
 
 
 @pytest.mark.parametrize("order", ["post", "relu_before_add", "relu_preact", "full_preact"])
@@ -167,7 +168,7 @@ def test_zero_init_residual_unit_is_identity_at_init(order, bottleneck, train):
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 5, 5, channels))  # post-ReLU input
     variables = _init(unit, x, 1)
     y = unit.apply(variables, x, train=train, mutable=["batch_stats"])[0]
-    np.testing.assert_allclose(y, x, atol=1e-6)
+    chex.assert_trees_all_close(y, x, rtol=1e-7, atol=1e-6)
     plain = ResidualUnit(features=4, bottleneck=bottleneck, order=order)
     y = plain.apply(_init(plain, x, 1), x, train=False)
     assert np.abs(y - x).max() > 1e-2  # without zero init the branch contributes
@@ -186,16 +187,19 @@ def test_activation_orders_follow_identity_mappings_fig4():
         return unit.apply({**variables, "params": params}, x, train=False)
 
     # (a) original: ReLU after the addition; a zero branch leaves relu(x).
-    np.testing.assert_allclose(run("post", **{"bn2.scale": 0.0}), nn.relu(x), atol=1e-6)
+    chex.assert_trees_all_close(run("post", **{"bn2.scale": 0.0}), nn.relu(x), rtol=1e-7,
+                                atol=1e-6)
     # (b) BN after addition: BN(x + F) then ReLU; BN scale 0, shift 1 gives exactly 1 everywhere.
-    np.testing.assert_allclose(run("bn_after_add", **{"bn2.scale": 0.0, "bn2.bias": 1.0}), 1.0)
+    chex.assert_trees_all_close(run("bn_after_add", **{"bn2.scale": 0.0, "bn2.bias": 1.0}), 1.0,
+                                rtol=1e-7, atol=0)
     # (c) ReLU before addition: the branch is non-negative, nothing follows the addition.
     y = run("relu_before_add")
     assert np.all(np.asarray(y - x) >= -1e-6) and np.any(np.asarray(y) < 0)
     # (d) ReLU-only pre-activation and (e) full pre-activation: nothing after the addition,
     # so a zero branch gives back x itself, negative values included.
-    np.testing.assert_allclose(run("relu_preact", **{"bn2.scale": 0.0}), x, atol=1e-6)
-    np.testing.assert_allclose(run("full_preact", **{"conv2.kernel": 0.0}), x, atol=1e-6)
+    chex.assert_trees_all_close(run("relu_preact", **{"bn2.scale": 0.0}), x, rtol=1e-7, atol=1e-6)
+    chex.assert_trees_all_close(run("full_preact", **{"conv2.kernel": 0.0}), x, rtol=1e-7,
+                                atol=1e-6)
     assert np.any(np.asarray(x) < 0)
 
 
@@ -207,7 +211,7 @@ def test_preact_network_structure():
     assert "bn1" in params["layer2"]["block0"] and "downsample_conv" in params["layer2"]["block0"]
     # ...pre-activation projections have no BN, and a final BN precedes pooling.
     assert "downsample_bn" not in params["layer2"]["block0"]
-    assert params["final_bn"]["scale"].shape == (256,)
+    chex.assert_shape(params["final_bn"]["scale"], (256,))
 
 
 def test_stride_placement_v1_vs_v15():
@@ -228,29 +232,47 @@ def test_stride_placement_v1_vs_v15():
     assert conv_outputs("resnet50") == ((16, 16), (8, 8), (8, 8))
 
 
-def test_jit_matches_eager_and_train_mode_updates_stats():
-    model = resnet_jax.create_model("resnet20", num_classes=10, stage_sizes=(1, 1, 1))
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
-    variables = _init(model, x, 1)
-    eager = model.apply(variables, x, train=False)
-    jitted = jax.jit(functools.partial(model.apply, train=False))(variables, x)
-    np.testing.assert_allclose(eager, jitted, atol=1e-5)
-    _, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    before = variables["batch_stats"]["bn1"]["mean"]
-    assert not np.allclose(state["batch_stats"]["bn1"]["mean"], before)
+class ModelVariantsTest(chex.TestCase):
+    """The same forward passes eagerly, under jit and under pmap (chex's pmap variant gives every
+    device a replica of the arguments and returns the first device's output)."""
+
+    @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+    def test_apply_matches_eager_and_train_mode_updates_stats(self):
+        model = resnet_jax.create_model("resnet20", num_classes=10, stage_sizes=(1, 1, 1))
+        x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
+        variables = _init(model, x, 1)
+        eager = model.apply(variables, x, train=False)
+        logits = self.variant(lambda v, x: model.apply(v, x, train=False))(variables, x)
+        chex.assert_trees_all_close(eager, logits, rtol=1e-7, atol=1e-5)
+        train = self.variant(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+        _, state = train(variables, x)
+        before = variables["batch_stats"]["bn1"]["mean"]
+        assert not np.allclose(state["batch_stats"]["bn1"]["mean"], before)
+
+    @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+    def test_batchnorm_running_variance_is_unbiased_like_pytorch(self):
+        bn = resnet_jax.models.layers.BatchNorm(use_running_average=False, momentum=0.0)
+        x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 2, 5)) * 3 + 1
+        variables = bn.init(jax.random.PRNGKey(1), x)
+        _, state = self.variant(lambda v, x: bn.apply(v, x, mutable=["batch_stats"]))(variables, x)
+        flat = np.asarray(x).reshape(-1, 5)
+        chex.assert_trees_all_close(state["batch_stats"]["var"], flat.var(0, ddof=1), rtol=1e-5,
+                                    atol=0)
+        chex.assert_trees_all_close(state["batch_stats"]["mean"], flat.mean(0), rtol=1e-5,
+                                    atol=1e-6)
 
 
 def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
     model = resnet_jax.create_model("resnet20", dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
     variables = _init(model, x, 1)
-    assert {leaf.dtype for leaf in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
+    chex.assert_type(jax.tree.leaves(variables), jnp.float32)
     logits, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    assert {leaf.dtype for leaf in jax.tree.leaves(state)} == {jnp.dtype(jnp.float32)}
+    chex.assert_type(jax.tree.leaves(state), jnp.float32)
     features = model.apply(variables, x, train=False, return_features=True)
-    assert features["stage3"].dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    chex.assert_type([features["stage3"], logits], [jnp.bfloat16, jnp.float32])
     reference = resnet_jax.create_model("resnet20").apply(variables, x, train=False)
-    np.testing.assert_allclose(features["logits"], reference, rtol=0.1, atol=0.1)
+    chex.assert_trees_all_close(features["logits"], reference, rtol=0.1, atol=0.1)
 
 
 def test_cross_device_batchnorm_equals_whole_batch_batchnorm():
@@ -268,18 +290,8 @@ def test_cross_device_batchnorm_equals_whole_batch_batchnorm():
 
     logits, state = sharded(variables, x)
     ref_logits, ref_state = local.apply(variables, x, train=True, mutable=["batch_stats"])
-    np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), state, ref_state)
-
-
-def test_batchnorm_running_variance_is_unbiased_like_pytorch():
-    bn = resnet_jax.models.layers.BatchNorm(use_running_average=False, momentum=0.0)
-    x = jax.random.normal(jax.random.PRNGKey(0), (3, 2, 2, 5)) * 3 + 1
-    variables = bn.init(jax.random.PRNGKey(1), x)
-    _, state = bn.apply(variables, x, mutable=["batch_stats"])
-    flat = np.asarray(x).reshape(-1, 5)
-    np.testing.assert_allclose(state["batch_stats"]["var"], flat.var(0, ddof=1), rtol=1e-5)
-    np.testing.assert_allclose(state["batch_stats"]["mean"], flat.mean(0), rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(logits, ref_logits, rtol=1e-7, atol=1e-4)
+    chex.assert_trees_all_close(state, ref_state, rtol=1e-7, atol=1e-5)
 
 
 def test_features_and_intermediates():
@@ -322,9 +334,9 @@ def test_stochastic_depth_and_dropout():
                            rngs={"dropout": jax.random.PRNGKey(seed)})[0]
 
     assert not np.allclose(train(0), train(1))
-    np.testing.assert_array_equal(train(2), train(2))
-    np.testing.assert_array_equal(model.apply(variables, x, train=False),
-                                  model.apply(variables, x, train=False))
+    chex.assert_trees_all_equal(train(2), train(2))
+    chex.assert_trees_all_equal(model.apply(variables, x, train=False),
+                                model.apply(variables, x, train=False))
     # Linear decay rule: unit l of L is dropped with probability l/L * rate.
     model = resnet_jax.create_model("resnet20", drop_path_rate=0.5)
     variables = _init(model, x)
@@ -349,7 +361,8 @@ def test_resnet_d_average_pool_shortcut_handles_odd_sizes():
     x = jnp.ones((1, 100, 100, 3))  # stage resolutions 25 -> 13 -> 7 -> 4: odd sizes pooled
     variables = _init(model, x)
     logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
-    assert logits.shape == (1, 3) and np.all(np.isfinite(logits))
+    chex.assert_shape(logits, (1, 3))
+    chex.assert_tree_all_finite(logits)
     assert "conv1_3" in variables["params"] and "downsample_conv" in (
         variables["params"]["layer2"]["block0"])
 
@@ -360,9 +373,9 @@ def test_scanned_and_rematerialised_models_equal_the_unrolled_one():
     unrolled = resnet_jax.create_model("resnet20")
     variables = _init(unrolled, x)
     scanned_vars = resnet_jax.scan_layout(variables)
-    assert scanned_vars["params"]["layer2"]["blocks"]["unit"]["conv1"]["kernel"].shape == (
-        2, 3, 3, 32, 32)
-    jax.tree.map(np.testing.assert_array_equal, resnet_jax.unscan_layout(scanned_vars), variables)
+    chex.assert_shape(scanned_vars["params"]["layer2"]["blocks"]["unit"]["conv1"]["kernel"],
+                      (2, 3, 3, 32, 32))
+    chex.assert_trees_all_equal(resnet_jax.unscan_layout(scanned_vars), variables)
 
     def loss_and_grads(model, v):
         def loss(params):
@@ -382,12 +395,10 @@ def test_scanned_and_rematerialised_models_equal_the_unrolled_one():
         if options.get("scan_units"):
             state = resnet_jax.unscan_layout(state)
             grads = resnet_jax.unscan_layout({"params": grads})["params"]
-        np.testing.assert_allclose(value, reference[0], rtol=1e-5)
-        np.testing.assert_allclose(eval_logits, reference[3], atol=1e-5)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), state,
-                     reference[1])
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), grads,
-                     reference[2])
+        chex.assert_trees_all_close(value, reference[0], rtol=1e-5, atol=0)
+        chex.assert_trees_all_close(eval_logits, reference[3], rtol=1e-7, atol=1e-5)
+        chex.assert_trees_all_close(state, reference[1], rtol=1e-7, atol=1e-5)
+        chex.assert_trees_all_close(grads, reference[2], rtol=1e-7, atol=1e-5)
 
 
 def test_scanned_model_counts_and_drop_path():

@@ -1,6 +1,6 @@
 """Numerical equality with PyTorch through the torchvision-format converter."""
 
-import jax
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -38,17 +38,16 @@ def test_eval_and_train_mode_match_pytorch(name):
         expected = net(torch.from_numpy(x)).numpy()
     logits = model.apply(variables, _nhwc(x), train=False)
     assert np.abs(expected).max() > 0.1  # a real signal, not all zeros
-    np.testing.assert_allclose(np.asarray(logits), expected, atol=TOL, rtol=0)
+    chex.assert_trees_all_close(logits, expected, rtol=0, atol=TOL)
 
     net.train()  # batch statistics, and PyTorch's running-statistics update (momentum 0.1)
     with torch.no_grad():
         expected = net(torch.from_numpy(x)).numpy()
     logits, updated = model.apply(variables, _nhwc(x), train=True, mutable=["batch_stats"])
-    np.testing.assert_allclose(np.asarray(logits), expected, atol=TOL, rtol=0)
+    chex.assert_trees_all_close(logits, expected, rtol=0, atol=TOL)
     after = resnet_jax.to_torchvision(name, {**variables, **updated})
-    for key, value in net.state_dict().items():
-        if "running_" in key:
-            np.testing.assert_allclose(after[key], value.numpy(), atol=TOL, rtol=1e-5, err_msg=key)
+    running = {k: v.numpy() for k, v in net.state_dict().items() if "running_" in k}
+    chex.assert_trees_all_close({k: after[k] for k in running}, running, rtol=1e-5, atol=TOL)
 
 
 def test_round_trip_and_loading_into_pytorch():
@@ -56,10 +55,11 @@ def test_round_trip_and_loading_into_pytorch():
     state = resnet_jax.to_torchvision("resnet18", variables)
     fresh = torch_reference.build("resnet18", num_classes=10)
     fresh.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()})
-    for key, value in net.state_dict().items():
-        np.testing.assert_array_equal(fresh.state_dict()[key].numpy(), value.numpy(), err_msg=key)
+    want, loaded = net.state_dict(), fresh.state_dict()
+    chex.assert_trees_all_equal({k: loaded[k].numpy() for k in want},
+                                {k: v.numpy() for k, v in want.items()})
     back = resnet_jax.from_torchvision("resnet18", state)
-    jax.tree.map(np.testing.assert_array_equal, back, variables)
+    chex.assert_trees_all_equal(back, variables)
 
 
 def test_bad_state_dicts_are_named_and_nothing_is_returned():
@@ -85,11 +85,11 @@ def test_scanned_layout_converts_both_ways():
     assert "blocks" in scanned["params"]["layer1"]
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
     scan_model = resnet_jax.create_model("resnet18", num_classes=10, scan_units=True)
-    np.testing.assert_allclose(scan_model.apply(scanned, x, train=False),
-                               model.apply(variables, x, train=False), atol=1e-5)
+    chex.assert_trees_all_close(scan_model.apply(scanned, x, train=False),
+                                model.apply(variables, x, train=False), rtol=1e-7, atol=1e-5)
     back = resnet_jax.to_torchvision("resnet18", scanned)
-    for key, value in net.state_dict().items():
-        np.testing.assert_array_equal(back[key], value.numpy(), err_msg=key)
+    want = {k: v.numpy() for k, v in net.state_dict().items()}
+    chex.assert_trees_all_equal({k: back[k] for k in want}, want)
 
 
 def test_evaluate_command_on_torchvision_weights_matches_pytorch(tmp_path, capsys):

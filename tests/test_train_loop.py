@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -65,11 +66,9 @@ def _env(devices):
 
 
 def _assert_same_params(a, b):
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOL), a["params"], b["params"])
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOL),
-                 a["batch_stats"], b["batch_stats"])
-    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, **TOL),
-                 a["opt_state"], b["opt_state"])
+    chex.assert_trees_all_close(a["params"], b["params"], **TOL)
+    chex.assert_trees_all_close(a["batch_stats"], b["batch_stats"], **TOL)
+    chex.assert_trees_all_close(a["opt_state"], b["opt_state"], **TOL)
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +147,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     ckpt.close()
     if steps:  # every kept checkpoint is finite
         state, _ = load_numpy(directory)
-        assert all(np.isfinite(x).all() for x in jax.tree.leaves(state["params"]))
+        chex.assert_tree_all_finite(state["params"])
 
 
 KILL_DRIVER = """
