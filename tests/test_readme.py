@@ -31,3 +31,12 @@ def test_readme_opens_with_the_main_and_test_commands():
     assert "train.py --config configs/quickstart.py" in blocks[0][1]
     assert blocks[1][1].endswith("pytest -q")
     assert "test-command" in (ROOT / ".ci/run").read_text()
+
+
+def test_readme_layout_names_every_module_and_only_existing_ones():
+    layout = re.search(r"## Layout\n.*?```\n(.+?)```", README, re.S).group(1)
+    named = set(re.findall(r"([a-z0-9_]+\.py)", layout))
+    files = [p for d in ("resnet_jax", "benchmarks", "scripts") for p in (ROOT / d).rglob("*.py")]
+    modules = {p.name for p in files if p.name != "__init__.py"}
+    assert sorted(modules - named) == [], "README Layout misses these modules"
+    assert sorted(named - modules - {"train.py", "conftest.py"}) == [], "README names these"
