@@ -130,32 +130,12 @@ def make_train_step(
         grads = jax.tree.map(lambda g: g / state.loss_scale, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        loss_scale, good_steps = state.loss_scale, state.good_steps
         finite = _all_finite(grads)
-        if dynamic_loss_scale:
-            # Skip the update on overflow and halve the scale; double it after a quiet period
-            # (Micikevicius et al. 2018, Sec. 3.2).
-            keep = lambda new, old: jax.tree.map(  # noqa: E731
-                lambda n, o: jnp.where(finite, n, o), new, old
-            )
-            params = keep(params, state.params)
-            opt_state = keep(opt_state, state.opt_state)
-            batch_stats = keep(batch_stats, state.batch_stats)
-            grow = good_steps + 1 >= loss_scale_period
-            loss_scale = jnp.where(
-                finite,
-                jnp.where(grow, loss_scale * 2.0, loss_scale),
-                jnp.maximum(loss_scale / 2.0, 1.0),
-            )
-            good_steps = jnp.where(finite & ~grow, good_steps + 1, 0)
         new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            opt_state=opt_state,
-            loss_scale=loss_scale,
-            good_steps=good_steps,
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
+        if dynamic_loss_scale:
+            new_state = _apply_loss_scaling(state, new_state, finite, loss_scale_period)
         n = jnp.asarray(batch["label"].shape[0], jnp.float32)
         top1 = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
         step_metrics = {
@@ -169,6 +149,27 @@ def make_train_step(
         return new_state, jax.tree.map(jnp.add, metrics, step_metrics)
 
     return step_fn
+
+
+def _apply_loss_scaling(
+    old: TrainState, new: TrainState, finite: jax.Array, period: int
+) -> TrainState:
+    """Dynamic loss scaling (Micikevicius et al. 2018, Sec. 3.2): on overflow keep the old
+    parameters, optimizer state and BN statistics and halve the scale; double it after
+    ``period`` finite steps in a row."""
+    keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(finite, a, b), n, o)  # noqa: E731
+    grow = old.good_steps + 1 >= period
+    return new.replace(
+        params=keep(new.params, old.params),
+        opt_state=keep(new.opt_state, old.opt_state),
+        batch_stats=keep(new.batch_stats, old.batch_stats),
+        loss_scale=jnp.where(
+            finite,
+            jnp.where(grow, old.loss_scale * 2.0, old.loss_scale),
+            jnp.maximum(old.loss_scale / 2.0, 1.0),
+        ),
+        good_steps=jnp.where(finite & ~grow, old.good_steps + 1, 0),
+    )
 
 
 def _view_log_probs(apply_fn: Callable[[jax.Array], jax.Array], images: Any) -> jax.Array:
