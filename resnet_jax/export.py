@@ -58,7 +58,9 @@ class ExportError(ValueError):
 
 def _probabilities(run: Run) -> Callable[[Any, jax.Array], jax.Array]:
     """(variables, images uint8 or float [0, 1] at image_size) -> float32 probabilities."""
-    model = run.model(jnp.float32)
+    # lax's convolutions: the artifacts are lowered for every platform and must not contain the
+    # CPU backend's oneDNN custom calls (conv_impl="auto" would use them when tracing on a CPU).
+    model = run.model(jnp.float32, conv_impl="xla")
     spec = run.spec
 
     def fn(variables: Any, images: jax.Array) -> jax.Array:

@@ -69,6 +69,9 @@ def count_macs(model: nn.Module, input_shape: Sequence[int], train: bool = False
     additions are not multiply-accumulates and are not counted. Traces the model abstractly:
     nothing is computed, so even ResNet-1202 costs seconds.
     """
+    if "conv_impl" in getattr(model, "__dataclass_fields__", {}):
+        # Count lax's convolutions: the oneDNN path hides them in opaque custom calls.
+        model = model.clone(conv_impl="xla")
     variables = abstract_variables(model, input_shape)
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
 

@@ -12,8 +12,8 @@ import jax.numpy as jnp
 from jax import lax
 
 Dtype = Any
-ConvImpl = Literal["auto", "xla", "cpu_fast"]
-CONV_IMPLS = ("auto", "xla", "cpu_fast")
+ConvImpl = Literal["auto", "xla", "cpu_fast", "onednn"]
+CONV_IMPLS = ("auto", "xla", "cpu_fast", "onednn")
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 # 2015 paper §3.4: weights initialised as in He et al. 2015 ("Delving deep"), N(0, 2/n); n is the
@@ -151,8 +151,23 @@ def cpu_fast_conv_general_dilated(
     """
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
-    if lhs.ndim != 4 or rhs.ndim != 4:
+    plain = plain_conv_args(*args)
+    if plain is None:
         return lax.conv_general_dilated(*args)
+    return _conv(lhs, rhs, *plain)
+
+
+def plain_conv_args(
+    lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], padding: Any,
+    lhs_dilation: Sequence[int] | None = None, rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None, feature_group_count: int = 1, batch_group_count: int = 1,
+    precision: Any = None, preferred_element_type: Any = None,
+) -> tuple[tuple[int, int], tuple[tuple[int, int], ...], int] | None:
+    """(strides, explicit pads, groups) of a 2-D NHWC/HWIO convolution without dilation, one
+    dtype, default precision and result type (``lax.conv_general_dilated``'s arguments); None for
+    anything else. The cases the CPU convolution paths (cpu_fast, onednn) handle themselves."""
+    if lhs.ndim != 4 or rhs.ndim != 4:
+        return None
     dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
     plain = (
         dn == lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
@@ -161,26 +176,40 @@ def cpu_fast_conv_general_dilated(
         and lhs.dtype == rhs.dtype
     )
     if not plain:
-        return lax.conv_general_dilated(*args)
+        return None
     strides = tuple(int(s) for s in window_strides)
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], strides, padding)
     pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-    return _conv(lhs, rhs, strides, pads, int(feature_group_count))
+    return strides, pads, int(feature_group_count)
 
 
 def _auto_conv(*args: Any, **kwargs: Any) -> jax.Array:
     # Decided at trace time: cuDNN and XLA:TPU already run the backward convolutions well.
-    fast = jax.default_backend() == "cpu"
-    return (cpu_fast_conv_general_dilated if fast else lax.conv_general_dilated)(*args, **kwargs)
+    if jax.default_backend() != "cpu":
+        return lax.conv_general_dilated(*args, **kwargs)
+    from resnet_jax.models import onednn
+
+    fn = onednn.conv_general_dilated if onednn.available() else cpu_fast_conv_general_dilated
+    return fn(*args, **kwargs)
+
+
+def _onednn_conv(*args: Any, **kwargs: Any) -> jax.Array:
+    from resnet_jax.models import onednn
+
+    return onednn.conv_general_dilated(*args, **kwargs)
 
 
 def conv_general_dilated_fn(impl: ConvImpl) -> Any:
     """The convolution function for ``nn.Conv``: ``"xla"`` lax's, ``"cpu_fast"`` the custom
-    backward above, ``"auto"`` the latter on the CPU backend only."""
+    backward above, ``"onednn"`` oneDNN's kernels through XLA:CPU custom calls
+    (``resnet_jax.models.onednn``; ``cpu_fast`` where oneDNN is unavailable or the case is not
+    covered), ``"auto"`` on the CPU backend ``onednn`` if available, else ``cpu_fast``, and
+    lax's on accelerators. ``onednn`` and ``cpu_fast`` are for the CPU backend only."""
     if impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS}, got {impl!r}")
-    return {"auto": _auto_conv, "xla": None, "cpu_fast": cpu_fast_conv_general_dilated}[impl]
+    return {"auto": _auto_conv, "xla": None, "cpu_fast": cpu_fast_conv_general_dilated,
+            "onednn": _onednn_conv}[impl]
 
 
 def conv(features: int, kernel: int, strides: int = 1, *, groups: int = 1,
