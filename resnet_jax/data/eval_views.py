@@ -11,7 +11,6 @@ from collections.abc import Sequence
 
 from resnet_jax.data import augment
 from resnet_jax.data.host_tf import tf
-from resnet_jax.data.presets import VIEWS  # noqa: F401  (re-exported: the names of the views)
 
 # Shorter sides of the fully-convolutional multi-scale test, 2015 paper §3.4 / Table 4.
 PAPER_SCALES = (224, 256, 384, 480, 640)

@@ -44,16 +44,8 @@ class Preset:
 
 def _none_preset(image_size: int, opts: Options, uint8: bool) -> Preset:
     """No augmentation: the evaluation centre view."""
-    from resnet_jax.data import eval_views
-
-    crop_fraction = opts.crop_fraction or eval_views.default_crop_fraction(image_size)
-
-    def none(encoded, seed):
-        del seed
-        img = eval_views.center(encoded, image_size, crop_fraction, opts.resize_method, uint8)
-        return {"image": img}
-
-    return Preset(none)
+    center, _ = _center_view(image_size, opts, uint8)
+    return Preset(lambda encoded, seed: {"image": center(encoded)})
 
 
 def _cifar_preset(image_size: int, opts: Options, uint8: bool) -> Preset:

@@ -30,8 +30,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from resnet_jax.data.eval_views import VIEWS
 from resnet_jax.data.normalization import NORMALIZATIONS
+from resnet_jax.data.presets import VIEWS
 from resnet_jax.inference import Run, RunError, load_run
 from resnet_jax.training import build
 from resnet_jax.training.config import ConfigError, apply_override, default_config
