@@ -1,6 +1,7 @@
-"""One measurement in a fresh process: what ``--xla_sweep`` and ``--deep`` run per configuration.
+"""One measurement in a fresh process: what ``--xla_sweep``, ``--deep`` and ``--processes`` run
+per configuration.
 
-The parent runs ``python benchmarks/train_step.py --_child jax|deep ...`` (``run_child``); the
+The parent runs ``python benchmarks/train_step.py --_child jax|deep|torch ...`` (``run_child``); the
 child (``child``) compiles and times one step and prints ``RESULT {json}`` on stdout. A fresh
 process reads XLA_FLAGS anew, and a child that runs out of time or memory fails alone.
 
@@ -75,6 +76,13 @@ def _steady_ms(step: JaxStep, steps: int) -> dict[str, Any]:
     return {"ms_per_step": statistics.median(times) if times else None, "ms_all": times}
 
 
+def _faults_per_step(step: Any, steps: int = 5) -> float:
+    """Minor page faults per step of ``steps`` more steps (XLA:CPU's per-step scratch mapping)."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step.run(steps)
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
+
+
 def child(args: argparse.Namespace) -> None:
     """One measurement in this fresh process; prints ``RESULT {json}`` on stdout."""
     if args.mem_limit_gib:
@@ -84,6 +92,15 @@ def child(args: argparse.Namespace) -> None:
     name, batch, dtype = args.models[0], args.batch[0], args.dtypes[0]
     size = args.image_size or default_image_size(name)
     classes = default_classes(name)
+    if args._child == "torch":  # PyTorch alone: no JAX or oneDNN extension in this process
+        from benchmarks.step_torch import TorchStep
+
+        torch_step = TorchStep(name, batch, size, classes, dtype)
+        out = time_alternating({"torch": torch_step}, args.warmup, args.repeats,
+                               args.min_seconds)["torch"]
+        out["faults_per_step"] = _faults_per_step(torch_step)
+        print("RESULT " + json.dumps(out), flush=True)
+        return
     opts = {}
     if args._child == "deep":
         opts = dict(scan_units=bool(args.scan), remat=bool(args.remat))
@@ -98,6 +115,7 @@ def child(args: argparse.Namespace) -> None:
     else:
         out.update(time_alternating({"jax": step}, args.warmup, args.repeats,
                                     args.min_seconds)["jax"])
+        out["faults_per_step"] = _faults_per_step(step)
     out["max_rss_gib"] = max_rss_gib()
     out["device_peak_gib"] = (device_peak_bytes() or 0) / GIB or None
     print("RESULT " + json.dumps(out), flush=True)

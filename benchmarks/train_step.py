@@ -14,14 +14,17 @@ timed in the same process, alternating (A B A B ...), so machine load affects bo
     python benchmarks/train_step.py --models resnet20 --batch 128 --compare conv_xla
     python benchmarks/train_step.py --xla_sweep --models resnet20 --batch 128
     python benchmarks/train_step.py --deep [--deep_timeout 300]
+    python benchmarks/train_step.py --processes --models resnet20 --batch 128
 
 ``--out results.json`` writes every number; ``--write-docs`` replaces this mode's section of
 docs/benchmarks.md with the table, the exact command and the machine.
 
 This file parses the flags and dispatches; the modes live next to it: step_main.py (the main
 table and ``--compare``, with step_torch.py for PyTorch), step_sweep.py (``--xla_sweep``),
-step_deep.py (``--deep``), step_child.py (``--_child``: one measurement in a fresh process),
-step_common.py (the step, timing, docs) and machine.py (the machine and its peak FLOP/s).
+step_deep.py (``--deep``), step_processes.py (``--processes``: JAX and PyTorch each in
+its own process, with and without huge-page malloc), step_child.py (``--_child``: one
+measurement in a fresh process), step_common.py (the step, timing, docs) and machine.py (the
+machine and its peak FLOP/s).
 """
 
 from __future__ import annotations
@@ -37,7 +40,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import machine, step_child, step_deep, step_main, step_sweep  # noqa: E402
+from benchmarks import (  # noqa: E402
+    machine,
+    step_child,
+    step_deep,
+    step_main,
+    step_processes,
+    step_sweep,
+)
 from benchmarks.step_common import DOCS, write_docs  # noqa: E402
 
 
@@ -74,7 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     }, default=set(), help="model:scan:remat,... configurations to leave out")
     p.add_argument("--mem_limit_gib", type=float, default=12.0)
     p.add_argument("--steady_steps", type=int, default=3)
-    p.add_argument("--_child", choices=["jax", "deep"], default=None, help=argparse.SUPPRESS)
+    p.add_argument("--processes", action="store_true",
+                   help="JAX and PyTorch in separate fresh processes, alternating, each with "
+                        "and without GLIBC_TUNABLES=glibc.malloc.hugetlb=1")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of --processes")
+    p.add_argument("--_child", choices=["jax", "deep", "torch"], default=None,
+                   help=argparse.SUPPRESS)
     p.add_argument("--scan", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--remat", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -105,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
         tag = "-".join(args.models) if args.models_given else "all"
         section, rows = f"deep:{tag}", step_deep.bench_deep(args)
         body = step_deep.table_deep(rows)
+    elif args.processes:
+        section, rows = "processes", step_processes.bench_processes(args)
+        body = step_processes.table_processes(rows)
     elif args.xla_sweep:
         section, rows = "xla_sweep", step_sweep.bench_xla_sweep(args)
         body = step_sweep.table_sweep(rows)

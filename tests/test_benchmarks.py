@@ -60,3 +60,19 @@ def test_peak_override_and_unknown_model():
     assert machine.peak_tflops("bfloat16", 123.0) == (123.0, "--peak_tflops")
     with pytest.raises(ValueError, match="no PyTorch twin for 'resnet9000'"):
         torch_resnet.build("resnet9000", 10)
+
+
+def test_separate_processes_mode_times_each_framework_alone_with_and_without_hugetlb(tmp_path):
+    out = tmp_path / "processes.json"
+    bench.main(["--processes", "--models", "resnet20", "--batch", "8", "--dtypes", "float32",
+                "--warmup", "1", "--repeats", "1", "--min_seconds", "0.01", "--rounds", "1",
+                "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["framework"], r["glibc_tunables"]) for r in rows] == [
+        ("jax", ""), ("torch", ""), ("jax", "glibc.malloc.hugetlb=1"),
+        ("torch", "glibc.malloc.hugetlb=1")]
+    assert all(r["error"] is None and r["ms_per_step"] > 0 and r["faults_per_step"] >= 0
+               for r in rows)
+    for jax_row, torch_row in (rows[0:2], rows[2:4]):  # one round: the ratio of its two runs
+        assert jax_row["jax_over_torch"] == pytest.approx(
+            torch_row["ms_per_step"] / jax_row["ms_per_step"])
