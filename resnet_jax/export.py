@@ -19,7 +19,7 @@ Writes, into ``--out`` (which must not exist or be empty):
   probabilities ``[b, num_classes]``. Load with JAX alone:
   ``jax.export.deserialize(open(p, "rb").read()).call(images)``.
 * ``class_names.json`` (the class of each output column) and ``inference.json`` (the run's
-  :class:`~resnet_jax.inference.InferenceSpec`).
+  :class:`~resnet_jax.inference_spec.InferenceSpec`).
 
 The export is written into a hidden sibling directory and renamed to ``--out`` at the end, so a
 failed or interrupted export never leaves a half-written ``--out``. Prints ``exported: {json}``;

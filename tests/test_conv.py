@@ -1,4 +1,4 @@
-"""The CPU convolution backward (layers.cpu_fast_conv_general_dilated) against lax's."""
+"""The CPU convolution backward (cpu_conv.cpu_fast_conv_general_dilated) against lax's."""
 
 import chex
 import jax
@@ -53,13 +53,13 @@ def test_both_stride1_weight_gradient_forms(cin, cout, monkeypatch):
     # Narrow stride-1 convolutions (cin * cout <= 256) over many positions take the
     # swapped-convolution weight gradient, the others the shifted-copies matmul; both agree
     # with lax (jit caches are keyed on the traced function, so each setting retraces).
-    from resnet_jax.models import layers
+    from resnet_jax.models import cpu_conv
 
     x, w = _inputs((3, 7, 7, cin), (3, 3, cin, cout))
     pads = ((1, 1), (1, 1))
     want = _value_and_grads(lax.conv_general_dilated, x, w, (1, 1), pads, 1)
     for min_positions in (0, 1 << 30):  # swapped form where cin * cout <= 256, matmul form
-        monkeypatch.setattr(layers, "_SWAPPED_DW_MIN_POSITIONS", min_positions)
+        monkeypatch.setattr(cpu_conv, "_SWAPPED_DW_MIN_POSITIONS", min_positions)
         got = _value_and_grads(cpu_fast_conv_general_dilated, x, w, (1, 1), pads, 1)
         for a, b in zip(want, got, strict=True):
             _close(a, b, 1e-5)
@@ -76,9 +76,9 @@ def test_asymmetric_and_string_padding(pads):
 
 
 def test_bfloat16(monkeypatch):
-    from resnet_jax.models import layers
+    from resnet_jax.models import cpu_conv
 
-    monkeypatch.setattr(layers, "_SWAPPED_DW_MIN_POSITIONS", 0)  # the swapped dw in bf16 too
+    monkeypatch.setattr(cpu_conv, "_SWAPPED_DW_MIN_POSITIONS", 0)  # the swapped dw in bf16 too
     x, w = _inputs((4, 8, 8, 8), (3, 3, 8, 8), jnp.bfloat16)
     want = _value_and_grads(lax.conv_general_dilated, x, w, (1, 1), ((1, 1), (1, 1)), 1)
     got = _value_and_grads(cpu_fast_conv_general_dilated, x, w, (1, 1), ((1, 1), (1, 1)), 1)

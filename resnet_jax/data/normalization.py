@@ -1,7 +1,7 @@
 """Normalisation: the statistics a dataset stands for, resolved to numbers, and the host-side
 function that applies them (the device-side twin is ``resnet_jax.data.device.normalize``).
 
-Runs record the resolved statistics (``resnet_jax.inference.InferenceSpec``), so evaluation,
+Runs record the resolved statistics (``resnet_jax.inference_spec.InferenceSpec``), so evaluation,
 prediction, export and resumption never re-read the training data.
 """
 

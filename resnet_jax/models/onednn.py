@@ -43,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax.models import layers
+from resnet_jax.models.cpu_conv import cpu_fast_conv_general_dilated, plain_conv_args
 
 logger = logging.getLogger(__name__)
 
@@ -295,15 +295,15 @@ def conv_general_dilated(
 ) -> jax.Array:
     """``lax.conv_general_dilated`` run by oneDNN (forward, input and weight gradient).
 
-    Same cases as :func:`~resnet_jax.models.layers.cpu_fast_conv_general_dilated` (2-D
+    Same cases as :func:`~resnet_jax.models.cpu_conv.cpu_fast_conv_general_dilated` (2-D
     NHWC/HWIO, no dilation, one dtype, no precision/preferred type), for float32 and bfloat16,
     with non-negative padding; anything else, oneDNN not :func:`available`, or a default
     backend other than the CPU (the calls are XLA:CPU custom calls) goes to that function."""
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
-    plain = layers.plain_conv_args(*args)
+    plain = plain_conv_args(*args)
     if plain is None or lhs.dtype not in DTYPES or lhs.size == 0 or rhs.size == 0:
-        return layers.cpu_fast_conv_general_dilated(*args)
+        return cpu_fast_conv_general_dilated(*args)
     strides, pads, groups = plain
     n, h, w, c = lhs.shape
     kh, kw, cg, o = rhs.shape
@@ -311,7 +311,7 @@ def conv_general_dilated(
     wo = (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1
     if (min(p for pair in pads for p in pair) < 0 or ho < 1 or wo < 1 or c != cg * groups
             or o % groups or jax.default_backend() != "cpu" or not available()):
-        return layers.cpu_fast_conv_general_dilated(*args)
+        return cpu_fast_conv_general_dilated(*args)
     vma = _varying(lhs) | _varying(rhs)
     if vma:  # both operands vary over the same shard_map axes (autodiff psums rhs's gradient)
         lhs, rhs = (jax.lax.pcast(a, tuple(sorted(vma - _varying(a))), to="varying")

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from resnet_jax.inference import InferenceSpec
+from resnet_jax.inference_spec import InferenceSpec
+from resnet_jax.models import registry
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 PRECISIONS = ("auto", *DTYPES)  # config.precision
@@ -25,12 +26,10 @@ def resolve_precision(precision: str) -> str:
 
 def create_model(config: ml_collections.ConfigDict, num_classes: int, precision: str = "float32"):
     """The network of ``config.model`` with the compute dtype and BN axis of this run."""
-    import resnet_jax
-
     kwargs = config.model_kwargs.to_dict()
     if config.frozen_bn_stats:
         kwargs["frozen_bn"] = True
-    return resnet_jax.create_model(
+    return registry.create_model(
         config.model,
         num_classes=num_classes,
         dtype=DTYPES[precision],

@@ -13,13 +13,13 @@ import ast
 import difflib
 import importlib.util
 import json
-import math
 import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
+
+from resnet_jax.errors import ConfigError  # re-exported: resnet_jax.training.config.ConfigError
 
 # Keys whose values are forwarded verbatim to another API, so new sub-keys may be added by an
 # override (e.g. --config.model_kwargs.drop_path_rate=0.1).
@@ -49,7 +49,9 @@ RESUMABLE_CHANGES = frozenset(
 def choices() -> dict[str, tuple[str, ...]]:
     """Allowed values of each choice key, read from the registries that implement them.
 
-    Imported here, not at module load: they import JAX, and ``optim`` imports this module.
+    Imported on use, as in :func:`validate`: they import JAX and optax, which reading a config
+    does not need. The dependency points downwards only: none of them imports this module
+    (``ConfigError`` comes from ``resnet_jax.errors``; tests/test_imports.py).
     """
     from resnet_jax.data.presets import PRESETS, VIEWS
     from resnet_jax.training import build, optim, parallel
@@ -65,10 +67,6 @@ def choices() -> dict[str, tuple[str, ...]]:
         "eval_view": VIEWS,
         "progress_bar": Progress.MODES,
     }
-
-
-class ConfigError(ValueError):
-    """A config file, override or value is invalid."""
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -286,50 +284,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ConfigError("config.warmup_length must be >= 0")
     if list(config.lr_boundaries) != sorted(config.lr_boundaries):
         raise ConfigError(f"config.lr_boundaries must increase, got {config.lr_boundaries}")
-    _check_regex("frozen", config.frozen)
-    parse_lr_multipliers(config.lr_multipliers)
-    from resnet_jax.training.xla_flags import xla_flags_for  # it imports ConfigError from here
+    from resnet_jax.training import optim
+    from resnet_jax.training.xla_flags import xla_flags_for
 
+    optim.check_regex("frozen", config.frozen)
+    optim.parse_lr_multipliers(config.lr_multipliers)
     xla_flags_for(config.xla_flags)
-
-
-def _check_regex(key: str, pattern: str) -> re.Pattern[str]:
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise ConfigError(f"config.{key}: {pattern!r} is not a valid regex: {e}") from None
-
-
-def parse_lr_multipliers(spec: str) -> list[tuple[str, float]]:
-    """``config.lr_multipliers`` as (regex, factor) pairs, in order (the first match wins).
-
-    Entries are separated by ';' and split at their last '=' (a regex may contain '='), so a
-    regex cannot contain ';'. A malformed entry, a bad regex or a factor that is not a finite
-    number >= 0 is a ConfigError.
-    """
-    example = "e.g. --config.lr_multipliers='^layer4/=0.5;^(?!fc/)=0.1'"
-    pairs = []
-    for entry in spec.split(";"):
-        entry = entry.strip()
-        if not entry:  # tolerate "a=1;" and the empty default
-            continue
-        regex, sep, raw = entry.rpartition("=")
-        if not sep or not regex:
-            raise ConfigError(
-                f"config.lr_multipliers: entry {entry!r} is not REGEX=FACTOR ({example})"
-            )
-        try:
-            factor = float(raw)
-        except ValueError:
-            factor = math.nan
-        if not math.isfinite(factor) or factor < 0:
-            raise ConfigError(
-                f"config.lr_multipliers: factor {raw!r} of entry {entry!r} is not a number "
-                f">= 0 ({example})"
-            )
-        _check_regex("lr_multipliers", regex)
-        pairs.append((regex, factor))
-    return pairs
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -160,13 +160,13 @@ def _evaluate(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     else:
         import torch
 
-        import resnet_jax
+        from resnet_jax.models.torchvision import from_torchvision
 
         if not args.model:
             p.error("--torchvision needs --model")
         state_dict = torch.load(args.torchvision, map_location="cpu")
         variables = jax.tree.map(
-            lambda x: jax.device_get(x), resnet_jax.from_torchvision(args.model, state_dict)
+            lambda x: jax.device_get(x), from_torchvision(args.model, state_dict)
         )
         config = default_config()
         config.model = args.model

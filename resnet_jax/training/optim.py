@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from resnet_jax.training.config import ConfigError, parse_lr_multipliers
+from resnet_jax.errors import ConfigError
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -108,6 +108,46 @@ def weight_decay_mask(params: Any) -> Any:
     decay every parameter).
     """
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def check_regex(key: str, pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled; a bad one is a ConfigError naming ``config.<key>``."""
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ConfigError(f"config.{key}: {pattern!r} is not a valid regex: {e}") from None
+
+
+def parse_lr_multipliers(spec: str) -> list[tuple[str, float]]:
+    """``config.lr_multipliers`` as (regex, factor) pairs, in order (the first match wins).
+
+    Entries are separated by ';' and split at their last '=' (a regex may contain '='), so a
+    regex cannot contain ';'. A malformed entry, a bad regex or a factor that is not a finite
+    number >= 0 is a ConfigError.
+    """
+    example = "e.g. --config.lr_multipliers='^layer4/=0.5;^(?!fc/)=0.1'"
+    pairs = []
+    for entry in spec.split(";"):
+        entry = entry.strip()
+        if not entry:  # tolerate "a=1;" and the empty default
+            continue
+        regex, sep, raw = entry.rpartition("=")
+        if not sep or not regex:
+            raise ConfigError(
+                f"config.lr_multipliers: entry {entry!r} is not REGEX=FACTOR ({example})"
+            )
+        try:
+            factor = float(raw)
+        except ValueError:
+            factor = math.nan
+        if not math.isfinite(factor) or factor < 0:
+            raise ConfigError(
+                f"config.lr_multipliers: factor {raw!r} of entry {entry!r} is not a number "
+                f">= 0 ({example})"
+            )
+        check_regex("lr_multipliers", regex)
+        pairs.append((regex, factor))
+    return pairs
 
 
 # Labels of optax.multi_transform's parameter groups (they name the optimizer-state subtrees).

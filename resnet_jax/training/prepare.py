@@ -14,7 +14,7 @@ import ml_collections
 
 from resnet_jax import fs
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
-from resnet_jax.inference import InferenceSpec
+from resnet_jax.inference_spec import InferenceSpec
 from resnet_jax.training import build, optim, pretrained
 from resnet_jax.training.config import config_diff, to_dict, validate
 from resnet_jax.training.parallel import DataParallel

@@ -8,7 +8,7 @@ import os
 
 import ml_collections
 
-from resnet_jax.training.config import ConfigError
+from resnet_jax.errors import ConfigError
 
 # Recommended on GPUs (JAX "GPU performance tips"; the default of NVIDIA's JAX-Toolbox images):
 # lets XLA overlap the gradient all-reduce with the backward pass on several GPUs.
