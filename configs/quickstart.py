@@ -6,10 +6,10 @@ Command (a fresh checkout, no GPU, no network):
 
 Hardware: any CPU (measured on 2 cores).
 Expected: eval top-1 >= 0.97 on the 359 held-out digits (measured 0.9777, see docs/training.md),
-after 400 steps. Plots: python -m resnet_jax.training.plot runs/quickstart
+after 300 steps. Plots: python -m resnet_jax.training.plot runs/quickstart
 
 Data: scikit-learn's 1,797 8x8 handwritten digits (ships with scikit-learn), upscaled to
-32x32; resnet_jax.data's "digits" split holds out 20%. Recipe: the CIFAR recipe of He et al.
+16x16; resnet_jax.data's "digits" split holds out 20%. Recipe: the CIFAR recipe of He et al.
 2015 Sec. 4.2 (SGD, momentum 0.9, wd 1e-4, lr 0.1) shortened with a cosine schedule.
 """
 
