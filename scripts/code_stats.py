@@ -1,6 +1,6 @@
 """Line count and longest function of every module: the measure issue 16 asks for.
 
-    python scripts/code_stats.py [--root resnet_jax] [--markdown]
+    python scripts/code_stats.py resnet_jax train.py benchmarks [--markdown]   # the default roots
 
 Lines are physical lines of the file; a function's length runs from its ``def`` (decorators
 excluded) to its last line, nested functions counted inside their parent.

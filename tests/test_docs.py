@@ -1,14 +1,16 @@
 """The facts in the docs that can drift mechanically still hold.
 
-- Every ``--config.KEY`` named in ``docs/*.md``, the README, the config files and the package's
-  own messages exists in ``default_config()``; a sub-key of a ``FREE_FORM_KEYS`` key is free in
-  the config but must be an option of what it is forwarded to (``model_kwargs.drop_path_rate``:
-  a ``ResNet`` field; ``dataset_options.normalization``: a ``data.Options`` field).
+- Every ``--config.KEY`` named in ``docs/*.md``, the README, the config files, the package's
+  own messages and the benchmarks exists in ``default_config()``; a sub-key of a
+  ``FREE_FORM_KEYS`` key is free in the config but must be an option of what it is forwarded
+  to (``model_kwargs.drop_path_rate``: a ``ResNet`` field; ``dataset_options.normalization``:
+  a ``data.Options`` field).
 - Every ``python train.py``, ``python -m resnet_jax...``, ``python benchmarks/...`` and
-  ``python scripts/...`` command in a shell code block or an inline code span of the docs, the
-  README or a config file's docstring parses its flags: train.py's with its own ``parse_args``
-  and then ``load_config`` (config file, ``:arg`` and overrides), the others by running the
-  module with ``ArgumentParser.parse_args`` stopped right after parsing, so nothing runs.
+  ``python scripts/...`` command in a shell code block or an inline code span of the docs or
+  the README, or in the docstring of a config file or of a module, parses its flags:
+  train.py's with its own ``parse_args`` and then ``load_config`` (config file, ``:arg`` and
+  overrides), the others by running the module with ``ArgumentParser.parse_args`` stopped
+  right after parsing, so nothing runs.
   Placeholders are filled in first: ``<dir>`` and ``$VAR`` become a value, ``[--flag v]`` (an
   optional part) becomes ``--flag v``; a command with a literal ``...`` is elided and skipped,
   and a bare ``python -m module`` (a name, not a call) only has to exist.
@@ -39,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").rglob("*.md")])
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 SOURCES = [ROOT / "train.py", *sorted((ROOT / "resnet_jax").rglob("*.py"))]
+SCRIPTS = [*sorted((ROOT / "benchmarks").glob("*.py")), *sorted((ROOT / "scripts").glob("*.py"))]
 SCRIPT_DIRS = ("benchmarks/", "scripts/")
 
 _CONFIG_KEY = re.compile(r"--config\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)")
@@ -55,7 +58,7 @@ def _rel(path: Path) -> str:
 def config_keys_named() -> dict[str, set[str]]:
     """``--config.KEY`` -> where it is named."""
     found: dict[str, set[str]] = {}
-    for path in [*DOCS, *CONFIGS, *SOURCES]:
+    for path in [*DOCS, *CONFIGS, *SOURCES, *SCRIPTS, *(ROOT / "benchmarks").glob("*.sh")]:
         for key in _CONFIG_KEY.findall(path.read_text()):
             found.setdefault(key, set()).add(_rel(path))
     return found
@@ -98,7 +101,7 @@ def _shell_texts() -> list[tuple[str, str]]:
                 texts.append((_rel(path), body))
         prose = _FENCE.sub("", doc)
         texts += [(_rel(path), span.replace("\n", " ")) for span in _SPAN.findall(prose)]
-    for path in CONFIGS:
+    for path in [*CONFIGS, *SOURCES, *SCRIPTS]:  # their module docstrings
         texts.append((_rel(path), ast.get_docstring(ast.parse(path.read_text())) or ""))
     return texts
 
