@@ -281,3 +281,12 @@ def test_a_stale_config_key_is_caught():
     for stale in ("learning_rte", "dataset_options.normalisation", "model_kwargs.drop_rate",
                   "global_batch_size.x"):
         assert not config_key_exists(stale, defaults), stale
+
+
+def test_the_number_of_registered_networks_is_current():
+    import resnet_jax
+
+    readme = (ROOT / "README.md").read_text()
+    counts = re.findall(r"(\d+) registered networks|every registered name \((\d+)\)", readme)
+    assert len(counts) == 2
+    assert {int(a or b) for a, b in counts} == {len(resnet_jax.list_models())}
