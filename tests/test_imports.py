@@ -130,3 +130,30 @@ def test_resnet_jax_has_no_import_cycles():
         "import cycles inside resnet_jax; break each so modules import downwards only (e.g.\n"
         f"ConfigError comes from resnet_jax.errors, not training.config):\n{shown}"
     )
+
+
+def _package(root: Path, files: dict[str, str]) -> Path:
+    for name, source in files.items():
+        path = root / PACKAGE / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    return root
+
+
+def test_the_rules_of_the_graph(tmp_path):
+    root = _package(tmp_path, {
+        "__init__.py": "from resnet_jax.sub import c\n",  # a re-export: parent -> child
+        "a.py": "def f():\n    from resnet_jax import b  # lazy, still an edge\n",
+        "b.py": "from . import a\n",
+        "sub/__init__.py": "from resnet_jax.sub.c import C\n",
+        "sub/c.py": "C = 1\n",
+        "sub/d.py": "from resnet_jax.sub import C\n",  # a name of its package's __init__
+        "e.py": "import resnet_jax.sub.c\n",  # runs sub/__init__ first: an edge to it too
+    })
+    graph = import_graph(root)
+    assert graph["resnet_jax"] == {"resnet_jax.sub", "resnet_jax.sub.c"}
+    assert graph["resnet_jax.sub.d"] == {"resnet_jax.sub"}
+    assert graph["resnet_jax.e"] == {"resnet_jax.sub", "resnet_jax.sub.c"}
+    assert cycles(graph) == [["resnet_jax.a", "resnet_jax.b", "resnet_jax.a"]]
+    (root / PACKAGE / "sub/__init__.py").write_text("from resnet_jax.sub.d import *\n")
+    assert ["resnet_jax.sub", "resnet_jax.sub.d", "resnet_jax.sub"] in cycles(import_graph(root))
