@@ -6,7 +6,12 @@ Sources, as people have them:
 - a PyTorch file (``.pth``, ``.pt``, ``.th``): a bare torchvision-format state_dict, or a
   training checkpoint holding it under ``state_dict``, ``model`` or ``model_state_dict``;
   ``module.`` prefixes (DataParallel/DDP) are dropped and a classifier named ``linear`` (the
-  common CIFAR ResNet code) is read as ``fc``.
+  common CIFAR ResNet code) is read as ``fc``;
+- a ``.safetensors`` file with the same names (timm's and the Hugging Face Hub's format; read
+  with the ``safetensors`` package, no torch needed);
+- named weights, ``SOURCE:MODEL[.TAG]`` (``torchvision:resnet50``, ``timm:resnet50.a1_in1k``;
+  ``resnet_jax.weights``), downloaded once into the cache and verified; their normalisation
+  (ImageNet mean/std) comes along, as a run's does.
 
 Only weights are taken (params and BN statistics), never the optimizer, step or data position.
 A classifier that cannot mean the new run's classes keeps its fresh initialisation: another
@@ -28,6 +33,7 @@ from resnet_jax.models.layout import is_scanned, scan_layout, unscan_layout
 
 PyTree = Any
 TORCH_SUFFIXES = (".pth", ".pt", ".th")
+SAFETENSORS_SUFFIX = ".safetensors"
 TORCH_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
 HEAD = "fc"  # the classifier's module name (torchvision's)
 _MAX_LISTED = 8
@@ -73,21 +79,26 @@ def _unflat(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 def open_source(init_from: str, *, model_name: str, model_kwargs: dict[str, Any]) -> Source:
     """Reads the weights ``init_from`` names (see the module docstring)."""
+    from resnet_jax import weights
     from resnet_jax.inference import split_step
 
+    if weights.is_weights_name(init_from):
+        return _named_source(init_from, model_name, model_kwargs)
     path, step = split_step(init_from)
     path = os.path.expanduser(path)
-    if path.lower().endswith(TORCH_SUFFIXES):
+    if path.lower().endswith((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)):
         return _torch_source(path, model_name, model_kwargs)
     if not os.path.exists(path):
         raise PretrainedError(
-            f"init_from path {path!r} does not exist; give one of our workdirs (or PATH@STEP) "
-            f"or a PyTorch state_dict file ({', '.join(TORCH_SUFFIXES)})"
+            f"init_from path {path!r} does not exist; give one of our workdirs (or PATH@STEP), "
+            f"a state_dict file ({', '.join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))}) or named "
+            f"weights ({', '.join(weights.SOURCES)}:MODEL, e.g. torchvision:resnet50)"
         )
     if not os.path.isdir(path):
         raise PretrainedError(
             f"init_from {path!r} is neither a workdir/checkpoint directory nor a PyTorch file "
-            f"({', '.join(TORCH_SUFFIXES)}); rename it or point at the run's workdir"
+            f"({', '.join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))}); rename it or point at the "
+            "run's workdir"
         )
     return _run_source(path, step)
 
@@ -114,6 +125,51 @@ def _run_source(path: str, step: str) -> Source:
         normalization=run.spec.normalization,
         class_names=run.spec.class_names,
     )
+
+
+def read_state_dict(path: str) -> dict[str, np.ndarray]:
+    """The torchvision-format state_dict in a PyTorch or ``.safetensors`` file, as numpy."""
+    if path.lower().endswith(SAFETENSORS_SUFFIX):
+        return read_safetensors(path)
+    return read_torch_state_dict(path)
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+    """The state_dict in a ``.safetensors`` file (timm's and the Hub's format), as float32 numpy
+    with the same key clean-up as PyTorch files; torch is not needed."""
+    if not os.path.isfile(path):
+        raise PretrainedError(f"init_from file {path!r} does not exist")
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(path)
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise PretrainedError(
+            f"cannot read {path!r} as a safetensors file ({first}); it is corrupt or truncated"
+        ) from None
+    if not tensors:
+        raise PretrainedError(f"{path!r} holds no tensors")
+    return _cleaned(tensors.items())
+
+
+def _cleaned(items) -> dict[str, np.ndarray]:
+    """Keys without ``module.``, ``linear`` read as ``fc``, no ``num_batches_tracked``."""
+    out = {}
+    for key, value in items:
+        if not hasattr(value, "shape"):
+            continue
+        key = key[len("module."):] if key.startswith("module.") else key
+        if key.startswith("linear."):  # the common CIFAR ResNet code names its classifier so
+            key = HEAD + key[len("linear"):]
+        if key.endswith("num_batches_tracked"):
+            continue
+        out[key] = np.asarray(
+            value.detach().cpu().float().numpy() if hasattr(value, "detach") else value,
+            np.float32,
+        )
+    return out
 
 
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -147,23 +203,33 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
             f"{path!r} holds no state_dict of tensors (top level: {keys}); expected a "
             f"state_dict or a dict holding one under {', '.join(TORCH_WRAPPER_KEYS)}"
         )
-    out = {}
-    for key, value in obj.items():
-        if not hasattr(value, "shape"):
-            continue
-        key = key[len("module."):] if key.startswith("module.") else key
-        if key.startswith("linear."):  # the common CIFAR ResNet code names its classifier so
-            key = HEAD + key[len("linear"):]
-        if key.endswith("num_batches_tracked"):
-            continue
-        out[key] = value.detach().cpu().float().numpy()
-    return out
+    return _cleaned(obj.items())
+
+
+def _named_source(name: str, model_name: str, model_kwargs: dict[str, Any]) -> Source:
+    """Named weights (``torchvision:resnet50``): fetched into the cache, then read as a file."""
+    from resnet_jax import weights
+
+    try:
+        entry = weights.find(name)
+        if entry.model != model_name:
+            raise weights.WeightsError(
+                f"init_from {entry.name} holds {entry.model} weights, but config.model is "
+                f"{model_name!r}; set --config.model={entry.model}"
+            )
+        path = weights.download(entry)
+    except weights.WeightsError as e:
+        raise PretrainedError(str(e)) from None
+    source = _torch_source(str(path), model_name, model_kwargs)
+    return dataclasses.replace(
+        source, description=f"{entry.name} ({path})", normalization=entry.normalization
+    )
 
 
 def _torch_source(path: str, model_name: str, model_kwargs: dict[str, Any]) -> Source:
     from resnet_jax.models import torchvision as tv
 
-    state_dict = read_torch_state_dict(path)
+    state_dict = read_state_dict(path)
     options = {k: v for k, v in model_kwargs.items() if k != "scan_units"}
     if f"{HEAD}.weight" in state_dict:
         options["num_classes"] = int(state_dict[f"{HEAD}.weight"].shape[0])
@@ -174,7 +240,8 @@ def _torch_source(path: str, model_name: str, model_kwargs: dict[str, Any]) -> S
             arrays["/".join(expected[key][0])] = tv._from_torch_layout(value)
         else:
             arrays[f"torch:{key}"] = value  # reported as unexpected by merge()
-    return Source(description=f"PyTorch file {path}", arrays=arrays)
+    kind = "safetensors" if path.lower().endswith(SAFETENSORS_SUFFIX) else "PyTorch"
+    return Source(description=f"{kind} file {path}", arrays=arrays)
 
 
 @dataclasses.dataclass
