@@ -13,6 +13,7 @@ Every cached file is hashed again when used, so a file damaged on disk is refuse
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import sys
 import tempfile
@@ -121,7 +122,7 @@ def _copy(url: str, out, progress: bool, dest: Path) -> tuple[int, int | None]:
                 if progress and time.monotonic() - shown > 0.2:
                     shown = time.monotonic()
                     _show(url, received, total, shown - start)
-        except (OSError, ValueError) as e:  # reset, timeout or IncompleteRead mid-body
+        except (OSError, http.client.HTTPException) as e:  # reset, timeout, IncompleteRead
             raise DownloadError(
                 f"download of {url} was interrupted after {received:,} bytes ({e}); "
                 "run again to retry"

@@ -50,6 +50,7 @@ class Source:
     description: str
     arrays: dict[str, np.ndarray]  # "params/layer1/block0/conv1/kernel" -> array
     normalization: dict[str, Any] | None = None  # our runs' recorded statistics
+    normalization_of: str = "the pretrained run's"  # whose statistics, for the run's log
     class_names: tuple[str, ...] | None = None
 
 
@@ -222,7 +223,8 @@ def _named_source(name: str, model_name: str, model_kwargs: dict[str, Any]) -> S
         raise PretrainedError(str(e)) from None
     source = _torch_source(str(path), model_name, model_kwargs)
     return dataclasses.replace(
-        source, description=f"{entry.name} ({path})", normalization=entry.normalization
+        source, description=f"{entry.name} ({path})", normalization=entry.normalization,
+        normalization_of=f"{entry.source}'s ImageNet mean/std",
     )
 
 

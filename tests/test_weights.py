@@ -1,0 +1,266 @@
+"""Named pretrained weights without network: a local HTTP server stands in for
+download.pytorch.org and the Hugging Face Hub. Download, hash check, cache hit, TORCH_HOME reuse,
+corrupted / interrupted / offline errors (one ``error:`` line), and the same logits from every
+file format as the existing torchvision path."""
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import json
+import socket
+import sys
+import threading
+import time
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import resnet_jax
+from resnet_jax import weights
+from resnet_jax.weights import Weights, WeightsError
+
+MODEL = "resnet20"  # a registered network small enough to build in a test
+
+
+class Server:
+    """Serves ``files`` (path -> bytes) on 127.0.0.1; records every request's path.
+    ``truncate[path] = n``: send the full Content-Length but only ``n`` bytes, then close."""
+
+    def __init__(self):
+        self.files, self.truncate, self.requests = {}, {}, []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's name)
+                outer.requests.append(self.path)
+                body = outer.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: outer.truncate.get(self.path, len(body))])
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "cache" / "weights"
+
+
+@pytest.fixture(scope="module")
+def state_dict():
+    """A torchvision-format state_dict (numpy) of resnet20 with 1000 ImageNet outputs."""
+    model = resnet_jax.create_model(MODEL, num_classes=1000)
+    shapes = resnet_jax.abstract_variables(model, (1, 32, 32, 3))
+    rng = np.random.default_rng(0)  # random weights, positive BN scales and variances
+    variables = jax.tree.map(lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
+                             * (0.2 if x.ndim > 1 else 1.0), shapes)
+    return resnet_jax.to_torchvision(MODEL, variables)
+
+
+def _pth_bytes(state_dict, tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "sd.pth"
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
+    return path.read_bytes()
+
+
+def _safetensors_bytes(state_dict):
+    from safetensors.numpy import save
+
+    return save({k: np.ascontiguousarray(v) for k, v in state_dict.items()
+                 if not k.endswith("num_batches_tracked")})
+
+
+def _register(monkeypatch, server, source, tag, body, *, sha256=None, file=None):
+    """A registry entry served by ``server``; ``sha256`` defaults to the torchvision-style
+    8-digit prefix of ``body``'s hash (in the file name too)."""
+    digest = hashlib.sha256(body).hexdigest()
+    sha256 = digest[:8] if sha256 is None else sha256
+    file = file or (f"{MODEL}-{digest[:8]}.pth" if source == "torchvision"
+                    else "model.safetensors")
+    path = f"/{source}/{tag}/{file}"
+    server.files[path] = body
+    entry = Weights(source, MODEL, tag, server.url(path), sha256, 0.0, "test", image_size=32,
+                    crop_fraction=1.0)
+    monkeypatch.setitem(weights._REGISTRY, entry.name, entry)
+    return entry
+
+
+@functools.cache
+def _apply(model):
+    return jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+
+
+def _logits(model, variables):
+    x = np.random.default_rng(0).uniform(size=(2, 32, 32, 3)).astype(np.float32)
+    return np.asarray(_apply(model)(variables, x))
+
+
+def test_download_verify_then_cache_hit_without_request(server, cache, monkeypatch, tmp_path,
+                                                        state_dict):
+    body = _pth_bytes(state_dict, tmp_path)
+    entry = _register(monkeypatch, server, "torchvision", "TEST", body)
+    net = resnet_jax.pretrained(f"{MODEL}.TEST", "torchvision")
+    assert len(server.requests) == 1
+    assert (cache / entry.file_name).read_bytes() == body
+    assert sorted(p.name for p in cache.iterdir()) == [entry.file_name]  # no temporary left
+    # The existing torchvision path: torch tensors through from_torchvision.
+    torch = pytest.importorskip("torch")
+    reference = resnet_jax.from_torchvision(
+        MODEL, {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()})
+    chex.assert_trees_all_equal(net.variables, reference)  # float32 both ways: exact
+    expected = _logits(resnet_jax.create_model(MODEL, num_classes=1000), reference)
+    chex.assert_trees_all_close(_logits(net.model, net.variables), expected, rtol=0, atol=1e-6)
+    assert net.spec.class_names[:2] == ("tench", "goldfish") and net.spec.num_classes == 1000
+    assert net.spec.normalization["kind"] == "mean_std"
+    # Second use: the verified cached file, no request; the source's default tag resolves too.
+    monkeypatch.setitem(weights._REGISTRY, entry.name, dataclasses.replace(entry, default=True))
+    again = resnet_jax.pretrained(f"torchvision:{MODEL}")
+    assert len(server.requests) == 1
+    chex.assert_trees_all_equal(again.variables, net.variables)
+
+
+def test_safetensors_from_the_hub_needs_no_torch(server, cache, monkeypatch, tmp_path,
+                                                 state_dict):
+    entry = _register(monkeypatch, server, "timm", "a1_test", _safetensors_bytes(state_dict),
+                      sha256="")
+    assert entry.file_name == f"timm-{MODEL}.a1_test-model.safetensors"
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails from here on
+    net = resnet_jax.pretrained(f"timm:{MODEL}.a1_test")
+    reference = resnet_jax.from_torchvision(MODEL, state_dict)
+    chex.assert_trees_all_equal(net.variables, reference)
+    chex.assert_trees_all_close(_logits(net.model, net.variables),
+                                _logits(net.model, reference), rtol=0, atol=1e-6)
+
+
+def test_torch_home_copy_is_used_in_place(server, cache, monkeypatch, tmp_path, state_dict):
+    body = _pth_bytes(state_dict, tmp_path)
+    entry = _register(monkeypatch, server, "torchvision", "TEST", body)
+    hub_dir = tmp_path / "torch" / "hub" / "checkpoints"
+    hub_dir.mkdir(parents=True)
+    (hub_dir / entry.file_name).write_bytes(body)
+    assert weights.download(entry) == hub_dir / entry.file_name
+    assert server.requests == [] and not cache.exists()
+    (hub_dir / entry.file_name).write_bytes(body[:-10] + b"0123456789")  # damaged on disk
+    with pytest.raises(WeightsError, match="corrupt"):
+        weights.download(entry)
+
+
+def _one_error_line(capsys, argv):
+    from resnet_jax.training import predict
+
+    assert predict.main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), captured.err
+    return err[0]
+
+
+def test_hash_mismatch_is_one_error_line_and_nothing_is_kept(server, cache, monkeypatch,
+                                                            tmp_path, state_dict, capsys):
+    body = _pth_bytes(state_dict, tmp_path)
+    entry = _register(monkeypatch, server, "torchvision", "TEST", body)
+    served = body[:-10] + b"0123456789"  # what a corrupting proxy would deliver
+    server.files[next(iter(server.files))] = served
+    line = _one_error_line(capsys, ["--weights", entry.name, "x.jpg"])
+    actual = hashlib.sha256(served).hexdigest()
+    assert entry.url in line and actual in line and f"expected {entry.sha256}" in line, line
+    assert list(cache.iterdir()) == []  # neither the file nor a temporary
+    # A cached file damaged later is refused the same way, naming the file.
+    (cache / entry.file_name).write_bytes(served)
+    line = _one_error_line(capsys, ["--weights", entry.name, "x.jpg"])
+    assert str(cache / entry.file_name) in line and actual in line and "delete it" in line
+
+
+def test_interrupted_download_leaves_nothing(server, cache, monkeypatch, state_dict, capsys):
+    entry = _register(monkeypatch, server, "timm", "cut", _safetensors_bytes(state_dict),
+                      sha256="")  # unverified: only the length can tell
+    server.truncate[next(iter(server.files))] = 1000
+    line = _one_error_line(capsys, ["--weights", entry.name, "x.jpg"])
+    assert "interrupted" in line and entry.url in line, line
+    assert list(cache.iterdir()) == []
+    server.truncate.clear()  # the next try downloads it whole
+    assert weights.download(entry).stat().st_size == len(server.files[next(iter(server.files))])
+
+
+def test_offline_is_one_error_line_within_seconds(cache, monkeypatch, capsys):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/models/{MODEL}-00000000.pth"
+    entry = Weights("torchvision", MODEL, "OFF", url, "00000000", 0.0, "test")
+    monkeypatch.setitem(weights._REGISTRY, entry.name, entry)
+    start = time.monotonic()
+    line = _one_error_line(capsys, ["--weights", entry.name, "x.jpg"])
+    assert time.monotonic() - start < 3.0
+    assert url in line and f"put it at {cache / entry.file_name}" in line, line
+
+
+def test_unknown_names_are_named_with_suggestions():
+    with pytest.raises(WeightsError, match="Did you mean: torchvision:resnet50"):
+        weights.find("torchvision:resnet5")
+    with pytest.raises(WeightsError, match="sources are torchvision, timm"):
+        weights.find("torchvison:resnet50")
+    assert weights.find("torchvision:resnet50").tag == "IMAGENET1K_V2"  # torchvision's DEFAULT
+    assert weights.find("timm:resnet50").tag == "a1_in1k"
+
+
+def test_registry_entries_are_consistent():
+    names = weights.imagenet_class_names()
+    assert len(names) == len(set(names)) == 1000 and names[0] == "tench"
+    assert names[999] == "toilet tissue"
+    for name in weights.list_weights():
+        entry = weights.find(name)
+        resnet_jax.create_model(entry.model)  # a registered network
+        if entry.source == "torchvision":  # the file name carries the hash prefix it checks
+            assert f"-{entry.sha256}.pth" in entry.url and len(entry.sha256) == 8
+        assert 60 < entry.top1 < 90 and entry.top1_cited
+    defaults = [w for w in weights._REGISTRY.values() if w.default]
+    assert len(defaults) == len({(w.source, w.model) for w in defaults})
+
+
+def test_predict_prints_imagenet_class_names(server, cache, monkeypatch, tmp_path, state_dict,
+                                             capsys):
+    from PIL import Image
+
+    from resnet_jax.training import predict
+
+    entry = _register(monkeypatch, server, "timm", "pred", _safetensors_bytes(state_dict),
+                      sha256="")
+    image = tmp_path / "cat.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8)).save(image)
+    assert predict.main(["--weights", entry.name, "--top", "3", str(image)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    preds = json.loads(out[-1][len("predictions: "):])[0]["top"]
+    names = weights.imagenet_class_names()
+    assert [p["class"] for p in preds] == [names[p["index"]] for p in preds]
+    assert out[0].startswith(f"{image}: {preds[0]['class']} ")
