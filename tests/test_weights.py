@@ -79,37 +79,41 @@ def cache(tmp_path, monkeypatch):
 def state_dict():
     """A torchvision-format state_dict (numpy) of resnet20 with 1000 ImageNet outputs."""
     model = resnet_jax.create_model(MODEL, num_classes=1000)
-    shapes = resnet_jax.abstract_variables(model, (1, 32, 32, 3))
-    rng = np.random.default_rng(0)  # random weights, positive BN scales and variances
-    variables = jax.tree.map(lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32)
-                             * (0.2 if x.ndim > 1 else 1.0), shapes)
-    return resnet_jax.to_torchvision(MODEL, variables)
+    return resnet_jax.to_torchvision(MODEL, random_variables(model, seed=0))
 
 
-def _pth_bytes(state_dict, tmp_path):
+def random_variables(model, seed):
+    """Random weights (small kernels; BN scales, biases, statistics around 1)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda x: (rng.normal(0, 0.05, x.shape) if x.ndim > 1 else rng.uniform(0.5, 1.5, x.shape)
+                   ).astype(np.float32),
+        resnet_jax.abstract_variables(model, (1, 32, 32, 3)))
+
+
+def pth_bytes(state_dict, tmp_path):
     torch = pytest.importorskip("torch")
     path = tmp_path / "sd.pth"
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
     return path.read_bytes()
 
 
-def _safetensors_bytes(state_dict):
+def safetensors_bytes(state_dict):
     from safetensors.numpy import save
 
     return save({k: np.ascontiguousarray(v) for k, v in state_dict.items()
                  if not k.endswith("num_batches_tracked")})
 
 
-def _register(monkeypatch, server, source, tag, body, *, sha256=None, file=None):
+def register(monkeypatch, server, source, tag, body, *, sha256=None, model=MODEL):
     """A registry entry served by ``server``; ``sha256`` defaults to the torchvision-style
     8-digit prefix of ``body``'s hash (in the file name too)."""
     digest = hashlib.sha256(body).hexdigest()
     sha256 = digest[:8] if sha256 is None else sha256
-    file = file or (f"{MODEL}-{digest[:8]}.pth" if source == "torchvision"
-                    else "model.safetensors")
+    file = f"{model}-{digest[:8]}.pth" if source == "torchvision" else "model.safetensors"
     path = f"/{source}/{tag}/{file}"
     server.files[path] = body
-    entry = Weights(source, MODEL, tag, server.url(path), sha256, 0.0, "test", image_size=32,
+    entry = Weights(source, model, tag, server.url(path), sha256, 0.0, "test", image_size=32,
                     crop_fraction=1.0)
     monkeypatch.setitem(weights._REGISTRY, entry.name, entry)
     return entry
@@ -127,8 +131,8 @@ def _logits(model, variables):
 
 def test_download_verify_then_cache_hit_without_request(server, cache, monkeypatch, tmp_path,
                                                         state_dict):
-    body = _pth_bytes(state_dict, tmp_path)
-    entry = _register(monkeypatch, server, "torchvision", "TEST", body)
+    body = pth_bytes(state_dict, tmp_path)
+    entry = register(monkeypatch, server, "torchvision", "TEST", body)
     net = resnet_jax.pretrained(f"{MODEL}.TEST", "torchvision")
     assert len(server.requests) == 1
     assert (cache / entry.file_name).read_bytes() == body
@@ -139,6 +143,7 @@ def test_download_verify_then_cache_hit_without_request(server, cache, monkeypat
         MODEL, {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()})
     chex.assert_trees_all_equal(net.variables, reference)  # float32 both ways: exact
     expected = _logits(resnet_jax.create_model(MODEL, num_classes=1000), reference)
+    assert np.all(np.isfinite(expected)) and np.abs(expected).max() > 1e-3  # a real signal
     chex.assert_trees_all_close(_logits(net.model, net.variables), expected, rtol=0, atol=1e-6)
     assert net.spec.class_names[:2] == ("tench", "goldfish") and net.spec.num_classes == 1000
     assert net.spec.normalization["kind"] == "mean_std"
@@ -151,7 +156,7 @@ def test_download_verify_then_cache_hit_without_request(server, cache, monkeypat
 
 def test_safetensors_from_the_hub_needs_no_torch(server, cache, monkeypatch, tmp_path,
                                                  state_dict):
-    entry = _register(monkeypatch, server, "timm", "a1_test", _safetensors_bytes(state_dict),
+    entry = register(monkeypatch, server, "timm", "a1_test", safetensors_bytes(state_dict),
                       sha256="")
     assert entry.file_name == f"timm-{MODEL}.a1_test-model.safetensors"
     monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails from here on
@@ -163,8 +168,8 @@ def test_safetensors_from_the_hub_needs_no_torch(server, cache, monkeypatch, tmp
 
 
 def test_torch_home_copy_is_used_in_place(server, cache, monkeypatch, tmp_path, state_dict):
-    body = _pth_bytes(state_dict, tmp_path)
-    entry = _register(monkeypatch, server, "torchvision", "TEST", body)
+    body = pth_bytes(state_dict, tmp_path)
+    entry = register(monkeypatch, server, "torchvision", "TEST", body)
     hub_dir = tmp_path / "torch" / "hub" / "checkpoints"
     hub_dir.mkdir(parents=True)
     (hub_dir / entry.file_name).write_bytes(body)
@@ -187,8 +192,8 @@ def _one_error_line(capsys, argv):
 
 def test_hash_mismatch_is_one_error_line_and_nothing_is_kept(server, cache, monkeypatch,
                                                             tmp_path, state_dict, capsys):
-    body = _pth_bytes(state_dict, tmp_path)
-    entry = _register(monkeypatch, server, "torchvision", "TEST", body)
+    body = pth_bytes(state_dict, tmp_path)
+    entry = register(monkeypatch, server, "torchvision", "TEST", body)
     served = body[:-10] + b"0123456789"  # what a corrupting proxy would deliver
     server.files[next(iter(server.files))] = served
     line = _one_error_line(capsys, ["--weights", entry.name, "x.jpg"])
@@ -202,7 +207,7 @@ def test_hash_mismatch_is_one_error_line_and_nothing_is_kept(server, cache, monk
 
 
 def test_interrupted_download_leaves_nothing(server, cache, monkeypatch, state_dict, capsys):
-    entry = _register(monkeypatch, server, "timm", "cut", _safetensors_bytes(state_dict),
+    entry = register(monkeypatch, server, "timm", "cut", safetensors_bytes(state_dict),
                       sha256="")  # unverified: only the length can tell
     server.truncate[next(iter(server.files))] = 1000
     line = _one_error_line(capsys, ["--weights", entry.name, "x.jpg"])
@@ -254,7 +259,7 @@ def test_predict_prints_imagenet_class_names(server, cache, monkeypatch, tmp_pat
 
     from resnet_jax.training import predict
 
-    entry = _register(monkeypatch, server, "timm", "pred", _safetensors_bytes(state_dict),
+    entry = register(monkeypatch, server, "timm", "pred", safetensors_bytes(state_dict),
                       sha256="")
     image = tmp_path / "cat.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), np.uint8)).save(image)
@@ -264,3 +269,23 @@ def test_predict_prints_imagenet_class_names(server, cache, monkeypatch, tmp_pat
     names = weights.imagenet_class_names()
     assert [p["class"] for p in preds] == [names[p["index"]] for p in preds]
     assert out[0].startswith(f"{image}: {preds[0]['class']} ")
+
+
+def test_evaluate_weights_by_name_equals_the_torchvision_file_path(server, cache, monkeypatch,
+                                                                   tmp_path, capsys):
+    """``--weights NAME`` = ``--torchvision FILE --normalization imagenet`` at the entry's size."""
+    from resnet_jax.training import evaluate
+
+    ten = resnet_jax.to_torchvision(MODEL, random_variables(resnet_jax.create_model(MODEL), 3))
+    body = pth_bytes(ten, tmp_path)
+    entry = register(monkeypatch, server, "torchvision", "TEN", body)
+    common = ["--dataset", "digits", "--split", "test", "--batch_size", "64"]
+    assert evaluate.main(["--weights", entry.name, *common]) == 0
+    by_name = json.loads(capsys.readouterr().out.strip().splitlines()[-1][len("result: "):])
+    assert evaluate.main(["--torchvision", str(tmp_path / "sd.pth"), "--model", MODEL,
+                          "--normalization", "imagenet", "--image_size", "32", *common]) == 0
+    by_file = json.loads(capsys.readouterr().out.strip().splitlines()[-1][len("result: "):])
+    assert by_name["source"] == entry.name and by_name["num_examples"] == 359
+    assert np.isfinite(by_name["loss"])
+    for key in ("top1", "top5", "loss"):
+        assert by_name[key] == by_file[key], key
