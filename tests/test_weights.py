@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import chex
 import jax
@@ -251,6 +252,11 @@ def test_registry_entries_are_consistent():
         assert 60 < entry.top1 < 90 and entry.top1_cited
     defaults = [w for w in weights._REGISTRY.values() if w.default]
     assert len(defaults) == len({(w.source, w.model) for w in defaults})
+    docs = (Path(__file__).parents[1] / "docs" / "models.md").read_text()
+    for name in weights.list_weights():  # the docs' table lists the registry as it is
+        entry = weights.find(name)
+        assert f"| `{name}`{' (default)' if entry.default else ''} | " in docs, name
+        assert f"({entry.url}) | " in docs and f"| {entry.top1:.3f}".rstrip("0") in docs, name
 
 
 def test_predict_prints_imagenet_class_names(server, cache, monkeypatch, tmp_path, state_dict,
