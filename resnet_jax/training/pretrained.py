@@ -139,7 +139,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     """The state_dict in a ``.safetensors`` file (timm's and the Hub's format), as float32 numpy
     with the same key clean-up as PyTorch files; torch is not needed."""
     if not os.path.isfile(path):
-        raise PretrainedError(f"init_from file {path!r} does not exist")
+        raise PretrainedError(f"weights file {path!r} does not exist")
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -177,7 +177,7 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     """The torchvision-format state_dict in a PyTorch file, as numpy, with the usual wrappers
     (``state_dict``/``model``/``model_state_dict``, ``module.``, ``linear`` -> ``fc``) removed."""
     if not os.path.isfile(path):
-        raise PretrainedError(f"init_from file {path!r} does not exist")
+        raise PretrainedError(f"weights file {path!r} does not exist")
     try:
         import torch
     except ImportError:
