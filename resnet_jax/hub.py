@@ -55,14 +55,20 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_hash(path: Path, sha256: str, what: str) -> None:
+def _mismatch(path: Path, sha256: str) -> str:
+    """'' if ``path``'s SHA-256 starts with ``sha256`` (or none is expected), else both hashes."""
     if not sha256:
-        return
+        return ""
     actual = sha256_of(path)
-    if not actual.startswith(sha256.lower()):
+    if actual.startswith(sha256.lower()):
+        return ""
+    return f"SHA-256 {actual}, expected {sha256}{'...' if len(sha256) < 64 else ''}"
+
+
+def _check_cached(path: Path, sha256: str) -> None:
+    if problem := _mismatch(path, sha256):
         raise DownloadError(
-            f"{what} {path} has SHA-256 {actual}, expected {sha256}"
-            f"{'...' if len(sha256) < 64 else ''}: the file is corrupt or not the published one; "
+            f"cached file {path} has {problem}: it is corrupt or not the published file; "
             "delete it to download it again"
         )
 
@@ -72,11 +78,11 @@ def fetch(url: str, file_name: str, sha256: str = "", *, progress: bool | None =
     docstring). Raises :class:`DownloadError` with one line saying what to do."""
     cached = cache_dir() / file_name
     if cached.is_file():
-        _check_hash(cached, sha256, "cached file")
+        _check_cached(cached, sha256)
         return cached
     from_torch = torch_hub_dir() / Path(url).name
     if from_torch.is_file():
-        _check_hash(from_torch, sha256, "torch.hub's cached file")
+        _check_cached(from_torch, sha256)
         return from_torch
     cached.parent.mkdir(parents=True, exist_ok=True)
     _download(url, cached, sha256, sys.stderr.isatty() if progress is None else progress)
@@ -94,7 +100,11 @@ def _download(url: str, dest: Path, sha256: str, progress: bool) -> None:
                 f"download of {url} was interrupted ({received:,} of {total:,} bytes); "
                 "run again to retry"
             )
-        _check_hash(tmp, sha256, f"the download of {url} into")
+        if problem := _mismatch(tmp, sha256):
+            raise DownloadError(
+                f"downloaded {dest.name} from {url} has {problem}: not the published file "
+                f"(a proxy's error page, or the upload changed); nothing was saved to {dest}"
+            )
         os.replace(tmp, dest)  # atomic: the cache only ever holds complete, verified files
     finally:
         tmp.unlink(missing_ok=True)
