@@ -1,15 +1,16 @@
-"""Named pretrained weights (torchvision's and timm's ImageNet-1k ResNets), one line each.
+"""Named pretrained weights (torchvision's, timm's, Hugging Face's ImageNet-1k ResNets).
 
     p = resnet_jax.pretrained("resnet50", "torchvision")      # IMAGENET1K_V2, fetched once
     logits = p.model.apply(p.variables, p.spec.normalize(images_uint8), train=False)
     p.spec.class_names[int(logits[0].argmax())]                # an ImageNet-1k class name
 
 A name is ``SOURCE:MODEL[.TAG]`` (``torchvision:resnet50.IMAGENET1K_V1``,
-``timm:resnet50.a1_in1k``); without a tag, the source's default (torchvision's ``DEFAULT``,
-timm's first tag). The same names work as ``--config.init_from`` and ``--weights`` of evaluate
-and predict. Files are downloaded, verified and cached by :mod:`resnet_jax.hub`. ``top1`` is
-what the source publishes for ImageNet-1k validation with its own preprocessing (``spec``
-mirrors it: resize, centre crop, mean/std), not a figure measured here.
+``timm:resnet50.a1_in1k``; the Hub's repository id, ``hf:microsoft/resnet-50``); without a tag,
+the source's default (torchvision's ``DEFAULT``, timm's first tag). The same names work as
+``--config.init_from`` and ``--weights`` of evaluate and predict. Files are downloaded,
+verified and cached by :mod:`resnet_jax.hub`. ``top1`` is what the source publishes for
+ImageNet-1k validation with its own preprocessing (``spec`` mirrors it: resize, centre crop,
+mean/std), not a figure measured here.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 from resnet_jax import hub
 from resnet_jax.inference import InferenceSpec
 
-SOURCES = ("torchvision", "timm")
+SOURCES = ("torchvision", "timm", "hf")
 
 
 class WeightsError(ValueError):
@@ -36,13 +37,13 @@ class WeightsError(ValueError):
 class Weights:
     """One published weight file and what its source says about it."""
 
-    source: str  # "torchvision" | "timm"
+    source: str  # "torchvision" | "timm" | "hf"
     model: str  # our registered model name
-    tag: str  # the source's name: "IMAGENET1K_V2", "a1_in1k"
+    tag: str  # the source's name: "IMAGENET1K_V2", "a1_in1k", "microsoft/resnet-50"
     url: str
     sha256: str  # full hash or the published prefix; "" = the source publishes none (unverified)
-    top1: float  # ImageNet-1k top-1 (%) the source publishes
-    top1_cited: str  # where that figure comes from
+    top1: float | None  # ImageNet-1k top-1 (%) the source publishes; None: it publishes none
+    top1_cited: str  # where that figure (or the preprocessing) comes from
     default: bool = False  # the source's default for this model
     image_size: int = 224  # the source's evaluation preprocessing
     crop_fraction: float = 224 / 256
@@ -50,6 +51,8 @@ class Weights:
 
     @property
     def name(self) -> str:
+        if self.source == "hf":  # the Hub's repository id names the weights
+            return f"hf:{self.tag}"
         return f"{self.source}:{self.model}.{self.tag}"
 
     @property
@@ -58,6 +61,8 @@ class Weights:
         base = Path(self.url).name
         if self.source == "torchvision":
             return base
+        if self.source == "hf":
+            return f"hf-{self.tag.replace('/', '--')}-{base}"
         return f"{self.source}-{self.model}.{self.tag}-{base}"
 
     @property
@@ -123,10 +128,16 @@ _torchvision("wide_resnet50_2", "IMAGENET1K_V2", "wide_resnet50_2-9ba9bcbe.pth",
 _torchvision("wide_resnet101_2", "IMAGENET1K_V1", "wide_resnet101_2-32ee1156.pth", 78.848)
 _torchvision("wide_resnet101_2", "IMAGENET1K_V2", "wide_resnet101_2-d733dc28.pth", 82.510, 232,
              default=True)
-# timm on the Hugging Face Hub (safetensors; torchvision's key names). The Hub publishes no hash
-# beside the file that we could pin here: these are unverified (length and format checked only).
+# timm on the Hugging Face Hub (safetensors; torchvision's key names). We pin no hash for Hub
+# files (none we could confirm offline): they are unverified (length and format checked only).
 _timm("resnet50", "a1_in1k", 80.4, "Wightman et al. 2021, ResNet strikes back "
       "(arXiv:2110.00476), procedure A1 at 224 px", crop=0.95, default=True)
+# transformers' ResNetForImageClassification (its names mapped: pretrained.from_hugging_face);
+# the model card publishes no top-1. Preprocessing from its preprocessor_config.json.
+_register(Weights("hf", "resnet50", "microsoft/resnet-50",
+                  "https://huggingface.co/microsoft/resnet-50/resolve/main/model.safetensors", "",
+                  None, "no top-1 published; crop_pct 0.875, bicubic (preprocessor_config.json)",
+                  True, crop_fraction=0.875, resize_method="bicubic"))
 
 
 def list_weights(pattern: str = "*") -> list[str]:

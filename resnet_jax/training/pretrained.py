@@ -9,6 +9,9 @@ Sources, as people have them:
   common CIFAR ResNet code) is read as ``fc``;
 - a ``.safetensors`` file with the same names (timm's and the Hugging Face Hub's format; read
   with the ``safetensors`` package, no torch needed);
+- a Hugging Face ``ResNetForImageClassification`` state_dict (``resnet.embedder...``,
+  ``resnet.encoder.stages.S.layers.L...``, ``classifier.1``), in either format: its names are
+  mapped to torchvision's, and a key with no counterpart is named;
 - named weights, ``SOURCE:MODEL[.TAG]`` (``torchvision:resnet50``, ``timm:resnet50.a1_in1k``;
   ``resnet_jax.weights``), downloaded once into the cache and verified; their normalisation
   (ImageNet mean/std) comes along, as a run's does.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -155,8 +159,55 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     return _cleaned(tensors.items())
 
 
+# Hugging Face transformers' ResNet (modeling_resnet.py): ResNetConvLayer = convolution +
+# normalization, ResNetShortCut = the projection, classifier = Sequential(Flatten, Linear).
+_HF_KEY = re.compile(
+    r"(?:resnet\.)?(?:embedder\.embedder\.(?P<stem>convolution|normalization)"
+    r"|encoder\.stages\.(?P<stage>\d+)\.layers\.(?P<unit>\d+)\.(?:shortcut\.(?P<short>"
+    r"convolution|normalization)|layer\.(?P<conv>\d+)\.(?P<part>convolution|normalization))"
+    r"|classifier\.1)\.(?P<leaf>\w+)"
+)
+
+
+def is_hugging_face(keys) -> bool:
+    return any(k.startswith(("resnet.embedder.", "embedder.embedder.")) for k in keys)
+
+
+def from_hugging_face(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """A Hugging Face ``ResNetForImageClassification``/``ResNetModel`` state_dict with
+    torchvision's names (``resnet.encoder.stages.0.layers.1.layer.2.convolution.weight`` ->
+    ``layer1.1.conv3.weight``); keys with no torchvision counterpart are a
+    :class:`PretrainedError` naming them."""
+    out, unmatched = {}, []
+    for key, value in state_dict.items():
+        m = _HF_KEY.fullmatch(key)
+        if m is None:
+            unmatched.append(key)
+            continue
+        g = m.groupdict()
+        if g["stem"]:
+            name = "conv1" if g["stem"] == "convolution" else "bn1"
+        elif g["stage"] is not None:
+            unit = f"layer{int(g['stage']) + 1}.{g['unit']}"
+            if g["short"]:
+                name = f"{unit}.downsample.{0 if g['short'] == 'convolution' else 1}"
+            else:
+                kind = "conv" if g["part"] == "convolution" else "bn"
+                name = f"{unit}.{kind}{int(g['conv']) + 1}"
+        else:
+            name = HEAD
+        out[f"{name}.{g['leaf']}"] = value
+    if unmatched:
+        raise PretrainedError(
+            "Hugging Face state_dict keys with no torchvision counterpart (not a "
+            f"ResNetForImageClassification?): {_listed(unmatched)}"
+        )
+    return out
+
+
 def _cleaned(items) -> dict[str, np.ndarray]:
-    """Keys without ``module.``, ``linear`` read as ``fc``, no ``num_batches_tracked``."""
+    """Keys without ``module.``, ``linear`` read as ``fc``, no ``num_batches_tracked``; Hugging
+    Face names mapped to torchvision's."""
     out = {}
     for key, value in items:
         if not hasattr(value, "shape"):
@@ -170,7 +221,7 @@ def _cleaned(items) -> dict[str, np.ndarray]:
             value.detach().cpu().float().numpy() if hasattr(value, "detach") else value,
             np.float32,
         )
-    return out
+    return from_hugging_face(out) if is_hugging_face(out) else out
 
 
 def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
