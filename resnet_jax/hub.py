@@ -2,9 +2,10 @@
 
 ``fetch(url, file_name, sha256)`` returns a local path. Files live in
 ``$RESNET_JAX_CACHE/weights`` (default ``~/.cache/resnet_jax/weights``); a copy that torch.hub
-already downloaded (``$TORCH_HOME/hub/checkpoints/<file>``) is used in place. A download goes
-to a temporary file in the cache directory and is renamed only once complete and its SHA-256
-matches, so an interrupted or corrupted download is never used. ``sha256`` may be the full hash
+already downloaded (``$TORCH_HOME/hub/checkpoints/<file>``) is used in place when a hash can
+confirm it is the same file. A download goes to a temporary file in the cache directory and is
+renamed only once complete and its SHA-256 matches, so an interrupted or corrupted download is
+never used. ``sha256`` may be the full hash
 or a prefix (torchvision names its files ``<name>-<first 8 hex digits of the SHA-256>.pth`` and
 checks only that prefix); empty means the source publishes none (only the length is checked).
 Every cached file is hashed again when used, so a file damaged on disk is refused too.
@@ -81,11 +82,17 @@ def fetch(url: str, file_name: str, sha256: str = "", *, progress: bool | None =
         _check_cached(cached, sha256)
         return cached
     from_torch = torch_hub_dir() / Path(url).name
-    if from_torch.is_file():
+    if sha256 and from_torch.is_file():  # torch.hub names files by URL basename: verify to reuse
         _check_cached(from_torch, sha256)
         return from_torch
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    _download(url, cached, sha256, sys.stderr.isatty() if progress is None else progress)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        _download(url, cached, sha256, sys.stderr.isatty() if progress is None else progress)
+    except (PermissionError, FileNotFoundError, NotADirectoryError) as e:
+        raise DownloadError(
+            f"cannot write the weights cache {cached.parent} ({e.strerror}); set "
+            "RESNET_JAX_CACHE to a writable directory"
+        ) from None
     return cached
 
 

@@ -340,3 +340,20 @@ def test_evaluate_weights_by_name_equals_the_torchvision_file_path(server, cache
     assert np.isfinite(by_name["loss"])
     for key in ("top1", "top5", "loss"):
         assert by_name[key] == by_file[key], key
+
+
+def test_unverified_files_are_not_taken_from_torch_hub_and_unwritable_cache_is_named(
+        server, cache, monkeypatch, state_dict, tmp_path):
+    """torch.hub names files by URL basename ("model.safetensors" for every Hub repository):
+    without a hash to confirm it, such a copy is not used; an unwritable cache is one line."""
+    body = safetensors_bytes(state_dict)
+    entry = register(monkeypatch, server, "timm", "hubcopy", body, sha256="")
+    hub_dir = tmp_path / "torch" / "hub" / "checkpoints"
+    hub_dir.mkdir(parents=True)
+    (hub_dir / "model.safetensors").write_bytes(b"another repository's file")
+    assert weights.download(entry) == cache / entry.file_name and len(server.requests) == 1
+    not_a_dir = tmp_path / "a_file"  # unwritable even for root
+    not_a_dir.write_text("")
+    monkeypatch.setenv("RESNET_JAX_CACHE", str(not_a_dir))
+    with pytest.raises(WeightsError, match="set RESNET_JAX_CACHE to a writable directory"):
+        weights.download(entry)
