@@ -143,7 +143,7 @@ def test_download_verify_then_cache_hit_without_request(server, cache, monkeypat
     reference = resnet_jax.from_torchvision(
         MODEL, {k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()})
     chex.assert_trees_all_equal(net.variables, reference)  # float32 both ways: exact
-    expected = _logits(resnet_jax.create_model(MODEL, num_classes=1000), reference)
+    expected = _logits(net.model, reference)  # one compiled network, two sets of variables
     assert np.all(np.isfinite(expected)) and np.abs(expected).max() > 1e-3  # a real signal
     chex.assert_trees_all_close(_logits(net.model, net.variables), expected, rtol=0, atol=1e-6)
     assert net.spec.class_names[:2] == ("tench", "goldfish") and net.spec.num_classes == 1000
