@@ -1,7 +1,8 @@
 r"""Fine-tuning: pretrained weights, a new head, your own image folder (linear probe or full).
 
 Commands (your folder holds <dir>/train/<class>/*.jpg and <dir>/val/<class>/*.jpg; the
-pretrained weights are one of our workdirs, or a PyTorch state_dict file):
+pretrained weights are one of our workdirs, a PyTorch/safetensors state_dict file, or named
+ImageNet weights such as torchvision:resnet50):
 
     python train.py --config configs/finetune.py:linear_probe --workdir runs/probe \
         --config.init_from=runs/pretrain --config.data_dir=<dir>
@@ -17,10 +18,15 @@ same network from random weights, lr 0.1, the same number of steps) and "pretrai
 CIFAR-10 for 2,400 steps, the CIFAR recipe of He et al. 2015 Sec. 4.2 shortened with a cosine).
 A classifier of another size, or (our runs) for other classes, is re-initialised (the run logs
 what was loaded and what was not); the pretrained run's normalisation is kept. For
-torchvision's ImageNet weights, set the model and its normalisation:
---config.model=resnet50 --config.image_size=224
---config.augment=inception --config.dataset_options.normalization=imagenet
---config.init_from=resnet50-11ad3fa6.pth.
+torchvision's ImageNet weights by name (downloaded once, verified and cached; they bring
+ImageNet's mean/std along), set the model and its input size:
+
+    python train.py --config configs/finetune.py:full --workdir runs/r50_ft \
+        --config.model=resnet50 --config.image_size=224 --config.augment=inception \
+        --config.init_from=torchvision:resnet50 --config.data_dir=<dir>
+
+(timm:resnet50.a1_in1k works the same; a file you downloaded yourself also needs
+--config.dataset_options.normalization=imagenet, e.g. --config.init_from=resnet50-11ad3fa6.pth.)
 
 Hardware: 2 CPU cores, about 2-3 minutes per fine-tuning run (pretrain: 23 minutes).
 Expected (measured, docs/training.md#measured-pretrained-vs-from-scratch): after pretraining on

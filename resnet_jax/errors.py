@@ -4,3 +4,7 @@ the code that reports them (``train.py`` and the CLIs turn them into ``error: ..
 
 class ConfigError(ValueError):
     """A config file, override or value is invalid."""
+
+
+class PretrainedError(ValueError):
+    """``init_from`` names nothing usable, or weights that do not fit the model."""

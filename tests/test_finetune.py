@@ -13,6 +13,7 @@ import chex
 import numpy as np
 import pytest
 
+import resnet_jax
 import train
 from resnet_jax.checkpoint import load_numpy
 from resnet_jax.data import testing
@@ -208,6 +209,40 @@ def test_init_from_pytorch_files_as_people_have_them(pretrained, tmp_path, capsy
     state, _ = load_numpy(str(out / "checkpoints"))
     chex.assert_trees_all_close(run.variables["params"]["layer2"], state["params"]["layer2"],
                                 rtol=0, atol=0)
+
+
+def test_init_from_named_weights(pretrained, tmp_path, capsys, monkeypatch):
+    """``init_from=torchvision:NAME``: fetched (a local server stands in for
+    download.pytorch.org), verified, loaded; their ImageNet normalisation comes along."""
+    from tests.test_weights import Server, register, safetensors_bytes
+
+    monkeypatch.setenv("RESNET_JAX_CACHE", str(tmp_path / "cache"))
+    workdir, data = pretrained
+    run = load_run(str(workdir))
+    options = dict(stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), stem_width=4)
+    body = safetensors_bytes(resnet_jax.to_torchvision("resnet20", run.variables, **options))
+    server = Server()
+    try:
+        entry = register(monkeypatch, server, "timm", "tiny", body, sha256="")
+        other = register(monkeypatch, server, "timm", "deep", body, sha256="", model="resnet32")
+        capsys.readouterr()
+        assert _train(tmp_path / "ft", data, f"init_from={entry.name}", "frozen=^(?!fc/)",
+                      "frozen_bn_stats=true") == 0
+        log = capsys.readouterr().out
+        assert len(server.requests) == 1
+        line = [x for x in log.splitlines() if x.startswith("init_from:")]
+        assert len(line) == 1 and f"from {entry.name} (" in line[0], log
+        assert "nothing re-initialised" in line[0]  # 4 outputs for 4 classes: the head is kept
+        assert "normalisation: timm's ImageNet mean/std (mean_std)" in line[0], line
+        tuned = load_run(str(tmp_path / "ft"))
+        assert tuned.spec.normalization == entry.normalization
+        state, _ = load_numpy(str(tmp_path / "ft" / "checkpoints"))
+        chex.assert_trees_all_equal(run.variables["params"]["layer2"], state["params"]["layer2"])
+        assert _train(tmp_path / "ft2", data, f"init_from={other.name}") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "set --config.model=resnet32" in err[0], err
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "other_arch", "not_tensors",

@@ -8,8 +8,13 @@
     python -m resnet_jax.training.evaluate --torchvision resnet50.pth --model resnet50 \
         --dataset folder --data_dir my_imagenet_val --split val --image_size 224 \
         --normalization imagenet
+    python -m resnet_jax.training.evaluate --weights torchvision:resnet50 \
+        --dataset folder --data_dir my_imagenet_val --split val
 
-A run is evaluated with what its checkpoint recorded (class names, normalisation, eval
+Named weights (``--weights``, see ``resnet_jax.weights``) are fetched into the cache once and
+evaluated with their source's preprocessing (image size, resize and crop, ImageNet mean/std);
+the folder's classes must be ImageNet's in label order (its wnid folders, sorted). A run is
+evaluated with what its checkpoint recorded (class names, normalisation, eval
 preprocessing), on its own eval split or any split or folder with the same classes. Several
 ``--workdir``s form an ensemble (2015 paper Sec. 3.4, Table 5): each model's and the ensemble's
 (averaged probabilities) top-1/top-5 are reported. Views: "center" (single crop), "ten_crop"
@@ -124,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="a training run's workdir (PATH@STEP for a step); repeat for an ensemble")
     p.add_argument("--step", default="latest", help="latest | best | a step number")
     p.add_argument("--torchvision", help="a torchvision state_dict (.pth) instead of --workdir")
+    p.add_argument("--weights",
+                   help="named pretrained weights instead of --workdir, e.g. torchvision:resnet50, "
+                        "torchvision:resnet50.IMAGENET1K_V1, timm:resnet50.a1_in1k")
     p.add_argument("--model", help="model name (with --torchvision)")
     p.add_argument("--dataset", help="dataset name (default: the run's)")
     p.add_argument("--data_dir", help="dataset directory (default: the run's)")
@@ -131,21 +139,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image_size", type=int, help="image size (default: the run's)")
     p.add_argument("--normalization", choices=NORMALIZATIONS,
                    help="with --torchvision: 'imagenet' for torchvision's ImageNet weights "
-                        "(default: the dataset's); runs use their recorded normalisation")
+                        "(default: the dataset's; --weights: imagenet); runs use their recorded "
+                        "normalisation")
     p.add_argument("--view", default="center", choices=VIEWS)
     p.add_argument("--batch_size", type=int, default=0, help="global batch (default: the run's)")
     args = p.parse_args(argv)
-    if bool(args.workdir) == bool(args.torchvision):
-        p.error("pass --workdir (one or more) or --torchvision")
+    if sum(map(bool, (args.workdir, args.torchvision, args.weights))) != 1:
+        p.error("pass --workdir (one or more), --torchvision or --weights")
     if args.normalization and args.workdir:
         p.error("--normalization is for --torchvision; a run uses its recorded normalisation")
     from resnet_jax.data import DataError
+    from resnet_jax.errors import PretrainedError
+    from resnet_jax.weights import WeightsError
 
     try:
         return _evaluate(args, p)
-    except (RunError, DataError, ConfigError) as e:
+    except (RunError, DataError, ConfigError, PretrainedError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _state_dict_weights(
+    args: argparse.Namespace, p: argparse.ArgumentParser
+) -> tuple[Any, ml_collections.ConfigDict, str]:
+    """(variables, config, source) for ``--torchvision FILE`` or ``--weights NAME``."""
+    from resnet_jax import weights
+    from resnet_jax.models.state_dicts import read_state_dict
+    from resnet_jax.models.torchvision import from_torchvision
+
+    config = default_config()
+    if args.weights:
+        entry = weights.find(args.weights)
+        if args.model and args.model != entry.model:
+            p.error(f"--weights {entry.name} are {entry.model} weights, not --model {args.model}")
+        path, model, source = str(weights.download(entry)), entry.model, entry.name
+        config.image_size = entry.image_size  # the source's evaluation preprocessing
+        config.dataset_options.normalization = "imagenet"
+        config.dataset_options.crop_fraction = entry.crop_fraction
+        config.dataset_options.resize_method = entry.resize_method
+    else:
+        if not args.model:
+            p.error("--torchvision needs --model")
+        path, model, source = args.torchvision, args.model, args.torchvision
+    state_dict = read_state_dict(path)
+    variables = jax.device_get(from_torchvision(model, state_dict))
+    config.model = model
+    if args.normalization:
+        config.dataset_options.normalization = args.normalization
+    return variables, config, source
 
 
 def _evaluate(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
@@ -158,21 +199,7 @@ def _evaluate(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
                 run.spec = dataclasses.replace(run.spec, image_size=args.image_size)
         source = ", ".join(f"{r.directory} step {r.step}" for r in runs)
     else:
-        import torch
-
-        from resnet_jax.models.torchvision import from_torchvision
-
-        if not args.model:
-            p.error("--torchvision needs --model")
-        state_dict = torch.load(args.torchvision, map_location="cpu")
-        variables = jax.tree.map(
-            lambda x: jax.device_get(x), from_torchvision(args.model, state_dict)
-        )
-        config = default_config()
-        config.model = args.model
-        if args.normalization:
-            config.dataset_options.normalization = args.normalization
-        source = args.torchvision
+        variables, config, source = _state_dict_weights(args, p)
     for key, value in (
         ("dataset", args.dataset),
         ("data_dir", args.data_dir),

@@ -1,11 +1,13 @@
 """Top-5 classes for image files with a trained checkpoint.
 
     python -m resnet_jax.training.predict --workdir runs/quickstart digit.png cat.jpg
+    python -m resnet_jax.training.predict --weights torchvision:resnet50 cat.jpg
 
 Needs only the workdir: the class names, evaluation preprocessing (centre view, resize method)
 and the normalisation used in training are read from the checkpoint, so a run copied to
-another machine predicts without its training data. Prints one line per image and, last,
-``predictions: {json}``.
+another machine predicts without its training data. With ``--weights`` (named pretrained
+weights, ``resnet_jax.weights``), the ImageNet-1k class names and the source's preprocessing.
+Prints one line per image and, last, ``predictions: {json}``.
 """
 
 from __future__ import annotations
@@ -47,22 +49,33 @@ def preprocess(spec: InferenceSpec, paths: list[str]) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--workdir", required=True, help="a training run's workdir (or PATH@STEP)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--workdir", help="a training run's workdir (or PATH@STEP)")
+    which.add_argument("--weights", help="named pretrained weights, e.g. torchvision:resnet50, "
+                                         "timm:resnet50.a1_in1k (ImageNet-1k classes)")
     p.add_argument("--step", default="latest", help="latest | best | a step number")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
     from resnet_jax.data import DataError
+    from resnet_jax.errors import PretrainedError
+    from resnet_jax.weights import WeightsError
 
     try:
-        run = load_run(args.workdir, args.step)
-        images = preprocess(run.spec, args.images)
-    except (RunError, DataError) as e:
+        if args.weights:
+            from resnet_jax.weights import pretrained
+
+            net = pretrained(args.weights)
+            spec, model, variables = net.spec, net.model, net.variables
+        else:
+            run = load_run(args.workdir, args.step)
+            spec, model, variables = run.spec, run.model(), run.variables
+        images = preprocess(spec, args.images)
+    except (RunError, DataError, PretrainedError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    names = run.spec.class_names
-    model = run.model()
-    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(run.variables, images)
+    names = spec.class_names
+    logits = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, images)
     probs = np.asarray(jax.nn.softmax(logits.astype(np.float32)))
     out = []
     for path, pr in zip(args.images, probs, strict=True):

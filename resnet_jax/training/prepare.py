@@ -184,5 +184,5 @@ def _load_pretrained(
 def _normalization_note(source: pretrained.Source, spec: InferenceSpec) -> str:
     kind = spec.normalization["kind"]
     if source.normalization is not None:
-        return f"; normalisation: the pretrained run's ({kind})"
+        return f"; normalisation: {source.normalization_of} ({kind})"
     return f"; normalisation: this config's ({kind}; torchvision weights expect 'imagenet')"

@@ -6,7 +6,15 @@ Sources, as people have them:
 - a PyTorch file (``.pth``, ``.pt``, ``.th``): a bare torchvision-format state_dict, or a
   training checkpoint holding it under ``state_dict``, ``model`` or ``model_state_dict``;
   ``module.`` prefixes (DataParallel/DDP) are dropped and a classifier named ``linear`` (the
-  common CIFAR ResNet code) is read as ``fc``.
+  common CIFAR ResNet code) is read as ``fc``;
+- a ``.safetensors`` file with the same names (timm's and the Hugging Face Hub's format; read
+  with the ``safetensors`` package, no torch needed);
+- a Hugging Face ``ResNetForImageClassification`` state_dict (``resnet.embedder...``,
+  ``resnet.encoder.stages.S.layers.L...``, ``classifier.1``), in either format: its names are
+  mapped to torchvision's, and a key with no counterpart is named;
+- named weights, ``SOURCE:MODEL[.TAG]`` (``torchvision:resnet50``, ``timm:resnet50.a1_in1k``;
+  ``resnet_jax.weights``), downloaded once into the cache and verified; their normalisation
+  (ImageNet mean/std) comes along, as a run's does.
 
 Only weights are taken (params and BN statistics), never the optimizer, step or data position.
 A classifier that cannot mean the new run's classes keeps its fresh initialisation: another
@@ -24,17 +32,17 @@ from typing import Any
 
 import numpy as np
 
+from resnet_jax.errors import PretrainedError
 from resnet_jax.models.layout import is_scanned, scan_layout, unscan_layout
+from resnet_jax.models.state_dicts import (
+    HEAD,
+    SAFETENSORS_SUFFIX,
+    TORCH_SUFFIXES,
+    listed,
+    read_state_dict,
+)
 
 PyTree = Any
-TORCH_SUFFIXES = (".pth", ".pt", ".th")
-TORCH_WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
-HEAD = "fc"  # the classifier's module name (torchvision's)
-_MAX_LISTED = 8
-
-
-class PretrainedError(ValueError):
-    """``init_from`` names nothing usable, or weights that do not fit the model."""
 
 
 @dataclasses.dataclass
@@ -44,13 +52,8 @@ class Source:
     description: str
     arrays: dict[str, np.ndarray]  # "params/layer1/block0/conv1/kernel" -> array
     normalization: dict[str, Any] | None = None  # our runs' recorded statistics
+    normalization_of: str = "the pretrained run's"  # whose statistics, for the run's log
     class_names: tuple[str, ...] | None = None
-
-
-def _listed(keys) -> str:
-    keys = sorted(keys, key=lambda k: (k.startswith("batch_stats/"), k))  # weights first
-    more = f" ... and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
-    return ", ".join(keys[:_MAX_LISTED]) + more
 
 
 def _flat(tree: PyTree) -> dict[str, np.ndarray]:
@@ -73,21 +76,26 @@ def _unflat(flat: Mapping[str, Any]) -> dict[str, Any]:
 
 def open_source(init_from: str, *, model_name: str, model_kwargs: dict[str, Any]) -> Source:
     """Reads the weights ``init_from`` names (see the module docstring)."""
+    from resnet_jax import weights
     from resnet_jax.inference import split_step
 
+    if weights.is_weights_name(init_from):
+        return _named_source(init_from, model_name, model_kwargs)
     path, step = split_step(init_from)
     path = os.path.expanduser(path)
-    if path.lower().endswith(TORCH_SUFFIXES):
+    if path.lower().endswith((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX)):
         return _torch_source(path, model_name, model_kwargs)
     if not os.path.exists(path):
         raise PretrainedError(
-            f"init_from path {path!r} does not exist; give one of our workdirs (or PATH@STEP) "
-            f"or a PyTorch state_dict file ({', '.join(TORCH_SUFFIXES)})"
+            f"init_from path {path!r} does not exist; give one of our workdirs (or PATH@STEP), "
+            f"a state_dict file ({', '.join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))}) or named "
+            f"weights ({', '.join(weights.SOURCES)}:MODEL, e.g. torchvision:resnet50)"
         )
     if not os.path.isdir(path):
         raise PretrainedError(
             f"init_from {path!r} is neither a workdir/checkpoint directory nor a PyTorch file "
-            f"({', '.join(TORCH_SUFFIXES)}); rename it or point at the run's workdir"
+            f"({', '.join((*TORCH_SUFFIXES, SAFETENSORS_SUFFIX))}); rename it or point at the "
+            "run's workdir"
         )
     return _run_source(path, step)
 
@@ -116,54 +124,31 @@ def _run_source(path: str, step: str) -> Source:
     )
 
 
-def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
-    """The torchvision-format state_dict in a PyTorch file, as numpy, with the usual wrappers
-    (``state_dict``/``model``/``model_state_dict``, ``module.``, ``linear`` -> ``fc``) removed."""
-    if not os.path.isfile(path):
-        raise PretrainedError(f"init_from file {path!r} does not exist")
+def _named_source(name: str, model_name: str, model_kwargs: dict[str, Any]) -> Source:
+    """Named weights (``torchvision:resnet50``): fetched into the cache, then read as a file."""
+    from resnet_jax import weights
+
     try:
-        import torch
-    except ImportError:
-        raise PretrainedError(
-            f"reading {path!r} needs PyTorch: pip install torch (the CPU build is enough)"
-        ) from None
-    try:
-        # weights_only: never run code from a downloaded pickle (torch's safe loader).
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise PretrainedError(
-            f"cannot read {path!r} as a PyTorch file ({first}); it is corrupt, truncated or "
-            "holds pickled objects other than tensors: re-save it with "
-            "torch.save(model.state_dict(), path)"
-        ) from None
-    for key in TORCH_WRAPPER_KEYS:
-        if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not any(hasattr(v, "shape") for v in obj.values()):
-        keys = list(obj)[:8] if isinstance(obj, Mapping) else type(obj).__name__
-        raise PretrainedError(
-            f"{path!r} holds no state_dict of tensors (top level: {keys}); expected a "
-            f"state_dict or a dict holding one under {', '.join(TORCH_WRAPPER_KEYS)}"
-        )
-    out = {}
-    for key, value in obj.items():
-        if not hasattr(value, "shape"):
-            continue
-        key = key[len("module."):] if key.startswith("module.") else key
-        if key.startswith("linear."):  # the common CIFAR ResNet code names its classifier so
-            key = HEAD + key[len("linear"):]
-        if key.endswith("num_batches_tracked"):
-            continue
-        out[key] = value.detach().cpu().float().numpy()
-    return out
+        entry = weights.find(name)
+        if entry.model != model_name:
+            raise weights.WeightsError(
+                f"init_from {entry.name} holds {entry.model} weights, but config.model is "
+                f"{model_name!r}; set --config.model={entry.model}"
+            )
+        path = weights.download(entry)
+    except weights.WeightsError as e:
+        raise PretrainedError(str(e)) from None
+    source = _torch_source(str(path), model_name, model_kwargs)
+    return dataclasses.replace(
+        source, description=f"{entry.name} ({path})", normalization=entry.normalization,
+        normalization_of=f"{entry.source}'s ImageNet mean/std",
+    )
 
 
 def _torch_source(path: str, model_name: str, model_kwargs: dict[str, Any]) -> Source:
     from resnet_jax.models import torchvision as tv
 
-    state_dict = read_torch_state_dict(path)
+    state_dict = read_state_dict(path)
     options = {k: v for k, v in model_kwargs.items() if k != "scan_units"}
     if f"{HEAD}.weight" in state_dict:
         options["num_classes"] = int(state_dict[f"{HEAD}.weight"].shape[0])
@@ -174,7 +159,8 @@ def _torch_source(path: str, model_name: str, model_kwargs: dict[str, Any]) -> S
             arrays["/".join(expected[key][0])] = tv._from_torch_layout(value)
         else:
             arrays[f"torch:{key}"] = value  # reported as unexpected by merge()
-    return Source(description=f"PyTorch file {path}", arrays=arrays)
+    kind = "safetensors" if path.lower().endswith(SAFETENSORS_SUFFIX) else "PyTorch"
+    return Source(description=f"{kind} file {path}", arrays=arrays)
 
 
 @dataclasses.dataclass
@@ -217,11 +203,11 @@ def merge(
         reinit = sorted(set(reinit) | {f"{k} (other classes)" for k in head if k in given})
     problems = []
     if missing:
-        problems.append(f"missing {_listed(k.removeprefix('torch:') for k in missing)}")
+        problems.append(f"missing {listed(k.removeprefix('torch:') for k in missing)}")
     if unexpected:
-        problems.append(f"unexpected {_listed(k.removeprefix('torch:') for k in unexpected)}")
+        problems.append(f"unexpected {listed(k.removeprefix('torch:') for k in unexpected)}")
     if wrong:
-        problems.append(f"mis-shaped {_listed(wrong)}")
+        problems.append(f"mis-shaped {listed(wrong)}")
     if problems:
         raise PretrainedError(
             f"init_from {source.description} does not fit model {target_name!r}: "
