@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", action="append", default=[],
                    help="a training run's workdir (PATH@STEP for a step); repeat for an ensemble")
     p.add_argument("--step", default="latest", help="latest | best | a step number")
+    p.add_argument("--weights", choices=("raw", "ema"),
+                   help="the run's trained weights or their EMA (default: the run's "
+                        "recorded config.inference_weights)")
     p.add_argument("--torchvision", help="a torchvision state_dict (.pth) instead of --workdir")
     p.add_argument("--model", help="model name (with --torchvision)")
     p.add_argument("--dataset", help="dataset name (default: the run's)")
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
 def _evaluate(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     runs: list[Run] = []
     if args.workdir:
-        runs = [load_run(w, args.step) for w in args.workdir]
+        runs = [load_run(w, args.step, args.weights) for w in args.workdir]
         config = runs[0].config
         if args.image_size:
             for run in runs:

@@ -49,13 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workdir", required=True, help="a training run's workdir (or PATH@STEP)")
     p.add_argument("--step", default="latest", help="latest | best | a step number")
+    p.add_argument("--weights", choices=("raw", "ema"),
+                   help="the run's trained weights or their EMA (default: the run's "
+                        "recorded config.inference_weights)")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
     from resnet_jax.data import DataError
 
     try:
-        run = load_run(args.workdir, args.step)
+        run = load_run(args.workdir, args.step, args.weights)
         images = preprocess(run.spec, args.images)
     except (RunError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
