@@ -112,7 +112,8 @@ def test_flat_cosine_schedule():
     for step, value in expected.items():
         assert float(lr(step)) == pytest.approx(value, abs=1e-7), step
     # A flat phase shorter than the warm-up: the cosine starts after the warm-up.
-    short = _schedule(schedule="flat_cosine", warmup="linear", warmup_length=20.0, flat_fraction=0.0)
+    short = _schedule(schedule="flat_cosine", warmup="linear", warmup_length=20.0,
+                      flat_fraction=0.0)
     assert float(short(20)) == pytest.approx(0.1) and float(short(60)) == pytest.approx(0.05)
 
 

@@ -26,7 +26,7 @@ from resnet_jax.training import optim
 from resnet_jax.training.metrics import MetricWriter, Progress, TrainingDivergedError, TrainMetrics
 from resnet_jax.training.parallel import DataParallel
 from resnet_jax.training.prepare import Run, check_workdir, prepare
-from resnet_jax.training.step import TrainState
+from resnet_jax.training.step import TrainState, ema_of
 
 __all__ = ["Hook", "TrainingDivergedError", "evaluate", "train_and_evaluate"]
 
@@ -174,8 +174,8 @@ def _evaluate_state(run: Run, state: TrainState) -> dict[str, float]:
     """The raw weights' top1/top5/loss, and the EMA's as ema_top1/ema_top5/ema_loss if kept."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     result = evaluate(run.eval_step, variables, run.eval_ds, run.dp)
-    if state.ema is not None:
-        ema = evaluate(run.eval_step, state.ema, run.eval_ds, run.dp)
+    if ema_of(state) is not None:
+        ema = evaluate(run.eval_step, ema_of(state), run.eval_ds, run.dp)
         result.update({f"ema_{k}": v for k, v in ema.items() if k in ("top1", "top5", "loss")})
     return result
 

@@ -21,6 +21,7 @@ from resnet_jax.training.parallel import DataParallel
 from resnet_jax.training.step import (
     TrainState,
     create_train_state,
+    ema_of,
     make_eval_step,
     make_train_step,
 )
@@ -192,9 +193,10 @@ def _load_pretrained(
                               class_names=tuple(train_ds.class_names))
     weights = {k: loaded.variables[k] for k in ("params", "batch_stats")}
     # The EMA starts from the loaded weights too (its own buffers: the step donates both).
-    ema = dp.replicate(weights) if state.ema is not None else None
     state = state.replace(params=dp.replicate(weights["params"]),
-                          batch_stats=dp.replicate(weights["batch_stats"]), ema=ema)
+                          batch_stats=dp.replicate(weights["batch_stats"]))
+    if ema_of(state) is not None:
+        state = state.replace(ema=dp.replicate(weights))
     return state, loaded.summary + _normalization_note(source, spec)
 
 

@@ -37,9 +37,20 @@ class TrainState:
     rng: jax.Array  # base PRNG key; step and device are folded in
     loss_scale: jax.Array  # float16 dynamic loss scale (1.0 and unused otherwise)
     good_steps: jax.Array  # finite-gradient steps since the last loss-scale change
-    # EMA of {"params", "batch_stats"} (config.ema_decay > 0); None (no leaves) when off, so
-    # the checkpoint tree of runs without EMA is unchanged.
-    ema: PyTree = None
+
+
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+    """The state of a run with ``config.ema_decay`` > 0: plus the EMA of ``{"params",
+    "batch_stats"}``. A subclass, not an optional field, so that runs without EMA keep
+    exactly the checkpoint tree (and old checkpoints restore: orbax records even a None)."""
+
+    ema: PyTree
+
+
+def ema_of(state: TrainState) -> PyTree | None:
+    """The state's EMA ``{"params", "batch_stats"}``, or None for a run without one."""
+    return getattr(state, "ema", None)
 
 
 def create_train_state(
@@ -63,7 +74,7 @@ def create_train_state(
     variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
     batch_stats = variables.get("batch_stats", {})
-    return TrainState(
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
@@ -71,8 +82,8 @@ def create_train_state(
         rng=rng,
         loss_scale=jnp.asarray(loss_scale, jnp.float32),
         good_steps=jnp.zeros((), jnp.int32),
-        ema=ema_init(params, batch_stats) if ema else None,
     )
+    return EmaTrainState(**vars(state), ema=ema_init(params, batch_stats)) if ema else state
 
 
 def ema_init(params: PyTree, batch_stats: PyTree) -> PyTree:
@@ -80,7 +91,7 @@ def ema_init(params: PyTree, batch_stats: PyTree) -> PyTree:
     return jax.tree.map(jnp.array, {"params": params, "batch_stats": batch_stats})
 
 
-def ema_update(state: TrainState, decay: float, warmup: bool) -> PyTree:
+def ema_update(state: EmaTrainState, decay: float, warmup: bool) -> PyTree:
     """``ema <- d * ema + (1 - d) * new`` over params and BN statistics (timm's ModelEmaV2
     averages BN buffers too); with ``warmup``, ``d = min(decay, (1 + n) / (10 + n))`` for the
     n-th update, n = 0, 1, ... (TF's ExponentialMovingAverage ``num_updates``)."""
@@ -233,11 +244,12 @@ def _apply_loss_scaling(
     ``period`` finite steps in a row."""
     keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(finite, a, b), n, o)  # noqa: E731
     grow = old.good_steps + 1 >= period
+    if ema_of(new) is not None:
+        new = new.replace(ema=keep(new.ema, old.ema))
     return new.replace(
         params=keep(new.params, old.params),
         opt_state=keep(new.opt_state, old.opt_state),
         batch_stats=keep(new.batch_stats, old.batch_stats),
-        ema=keep(new.ema, old.ema),
         loss_scale=jnp.where(
             finite,
             jnp.where(grow, old.loss_scale * 2.0, old.loss_scale),
