@@ -261,6 +261,10 @@ def test_ema_and_accumulation_resume_identically_and_both_weights_are_evaluated(
 
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
     summary = train_and_evaluate(tiny_config(*RECIPE), whole)
+    log = capsys.readouterr().out
+    assert ("EMA decay 0.9 with warm-up, inference uses ema weights; gradients of 2 "
+            "micro-batches of 8 per optimizer step") in log
+    assert f"ema_top1={summary['eval_ema_top1']:.4f}" in log
     assert train_and_evaluate(tiny_config(*RECIPE), parts, stop_after_steps=3)["step"] == 3
     assert train_and_evaluate(tiny_config(*RECIPE), parts)["step"] == N
     a = load_numpy(os.path.join(whole, "checkpoints"), N)[0]
@@ -277,6 +281,13 @@ def test_ema_and_accumulation_resume_identically_and_both_weights_are_evaluated(
         assert evaluate.main(["--workdir", whole, *flags]) == 0
         out = capsys.readouterr().out.strip().splitlines()[-1]
         assert json.loads(out[len("result: "):])["top1"] == pytest.approx(summary[key], abs=1e-6)
+    from resnet_jax.inference import load_run
+
+    assert load_run(whole).spec.weights == "ema"  # recorded; exports carry it in their spec
+    raw = load_run(whole, weights="raw")
+    assert raw.spec.weights == "raw"
+    np.testing.assert_array_equal(raw.variables["params"]["fc"]["kernel"],
+                                  a["params"]["fc"]["kernel"])
     # init_from a run whose EMA exists takes its recorded choice: the EMA weights.
     source = pretrained.open_source(whole, model_name="resnet20", model_kwargs={})
     np.testing.assert_array_equal(source.arrays["params/fc/kernel"],

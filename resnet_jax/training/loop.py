@@ -155,10 +155,29 @@ def _log_start(run: Run, progress: Progress) -> None:
     )
     if run.init_message:
         progress.log(run.init_message)
+    recipe = _describe_recipe(config)
+    if recipe:
+        progress.log(recipe)
     if config.frozen or config.lr_multipliers:
         # Shapes suffice: no copy of the parameters to the host.
         shapes = run.dp.replica_shapes(run.state.params)
         progress.log(optim.describe_param_groups(shapes, config))
+
+
+def _describe_recipe(config: ml_collections.ConfigDict) -> str:
+    """One line on the non-default optimizer, EMA and accumulation; "" when all are off."""
+    parts = []
+    if config.optimizer != "sgd":
+        parts.append(f"optimizer {config.optimizer}")
+    if config.ema_decay > 0:
+        warm = " with warm-up" if config.ema_warmup else ""
+        parts.append(f"EMA decay {config.ema_decay:g}{warm}, inference uses "
+                     f"{config.inference_weights} weights")
+    if config.grad_accum_steps > 1:
+        k = config.grad_accum_steps
+        parts.append(f"gradients of {k} micro-batches of {config.global_batch_size // k} "
+                     "per optimizer step")
+    return "; ".join(parts)
 
 
 def evaluate(
