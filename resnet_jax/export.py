@@ -222,6 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--workdir", required=True, help="a training workdir (holds checkpoints/)")
     p.add_argument("--step", default="latest", help="latest | best | a step number")
+    p.add_argument("--inference_weights", choices=("raw", "ema"),
+                   help="the run's trained weights or their EMA (default: the run's "
+                        "recorded config.inference_weights)")
     p.add_argument("--out", required=True, help="a new (or empty) directory for the export")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TF loads: no C++ info lines
@@ -239,7 +242,7 @@ def _main(args: argparse.Namespace) -> int:
     out = os.path.abspath(os.path.expanduser(args.out))
     try:
         _check_out(out)  # fail before the (slower) checkpoint read
-        run = load_run(args.workdir, _parse_step(args.step))
+        run = load_run(args.workdir, _parse_step(args.step), args.inference_weights)
     except (RunError, ExportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

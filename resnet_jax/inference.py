@@ -55,7 +55,7 @@ def split_step(path: str) -> tuple[str, str]:
     return (m.group(1), m.group(2)) if m else (path, "latest")
 
 
-def load_run(path: str, step: str | int = "latest") -> Run:
+def load_run(path: str, step: str | int = "latest", weights: str | None = None) -> Run:
     """Reads a run's checkpoint: ``path`` is a workdir or its ``checkpoints`` directory (or
     ``PATH@STEP``); ``step`` is "latest", "best" or a number. Raises :class:`RunError` with
     what to do when there is no such checkpoint."""
@@ -89,8 +89,24 @@ def load_run(path: str, step: str | int = "latest") -> Run:
         spec = InferenceSpec.from_json(meta["inference"])
     else:  # a run from before specs were recorded: derive it from its config and data
         spec = spec_from_training_data(config)
-    variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+    weights = weights or spec.weights
+    variables = _weights(state, weights, f"{directory} step {chosen}")
+    spec = dataclasses.replace(spec, weights=weights)
     return Run(spec=spec, variables=variables, step=chosen, config=config, directory=directory)
+
+
+def _weights(state: dict[str, Any], weights: str, where: str) -> PyTree:
+    """The ``{"params", "batch_stats"}`` a checkpoint's state holds for ``weights``."""
+    if weights == "raw":
+        return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
+    if weights != "ema":
+        raise RunError(f"weights must be 'raw' or 'ema', got {weights!r}")
+    if not state.get("ema"):
+        raise RunError(
+            f"{where} has no EMA weights (it trained with ema_decay=0); use --inference_weights raw"
+        )
+    ema = state["ema"]
+    return {"params": ema["params"], "batch_stats": ema.get("batch_stats", {})}
 
 
 def spec_from_training_data(config: Any) -> InferenceSpec:

@@ -39,6 +39,8 @@ class InferenceSpec:
     ``normalization`` is the resolved statistics of ``resnet_jax.data.normalization_stats``:
     ``{"kind": "none"}``, ``{"kind": "mean_std", "mean": [3], "std": [3]}`` or
     ``{"kind": "per_pixel_mean", "mean_image": float32 [H, W, 3]}``, all on [0, 1] pixels.
+    ``weights``: which of the run's weights inference uses, "raw" or "ema" (its EMA,
+    ``config.inference_weights``); runs recorded before the field existed read as "raw".
     """
 
     model: str
@@ -49,6 +51,7 @@ class InferenceSpec:
     crop_fraction: float
     eval_view: str
     normalization: dict[str, Any]
+    weights: str = "raw"
 
     @property
     def num_classes(self) -> int:

@@ -179,3 +179,51 @@ def test_runs_saved_before_a_key_existed_still_resume():
     older = {k: v for k, v in current.items() if k not in ("frozen", "init_from")}
     assert config_diff(older, current) == {}
     assert set(config_diff(older, dict(current, frozen="^layer1/"))) == {"frozen"}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer=adam", r"config.optimizer = 'adam'; choose one of \('sgd', 'adamw', 'lamb'"),
+        ("schedule=one_cycle", "config.schedule = 'one_cycle'; choose one of"),
+        ("adam_b1=-0.1", r"config.adam_b1 must be in \[0, 1\)"),
+        ("adam_b2=1.0", r"config.adam_b2 must be in \[0, 1\)"),
+        ("adam_eps=-1e-8", "config.adam_eps must be >= 0"),
+        ("lars_trust_coefficient=0", "config.lars_trust_coefficient must be > 0"),
+        ("flat_fraction=1.5", r"config.flat_fraction must be in \[0, 1\]"),
+        ("schedule_power=0", "config.schedule_power must be > 0"),
+        ("ema_decay=1.0", r"config.ema_decay must be in \(0, 1\).*or 0 for no EMA"),
+        ("ema_decay=-0.5", r"config.ema_decay must be in \(0, 1\)"),
+        ("inference_weights=ema", "inference_weights='ema' needs an EMA: set config.ema_decay"),
+        ("inference_weights=best", "config.inference_weights = 'best'; choose one of"),
+        ("grad_accum_steps=0", "config.grad_accum_steps=0 must be >= 1 and divide"),
+        ("grad_accum_steps=3", "grad_accum_steps=3 must be >= 1 and divide config.global_batch"),
+    ],
+)
+def test_recipe_options_reject_bad_values(override, message):
+    qs = os.path.join(ROOT, "configs", "quickstart.py")
+    with pytest.raises(ConfigError, match=message):
+        load_config(qs, [override])
+
+
+def test_recipe_options_default_off_and_accept_good_values():
+    c = default_config()
+    assert (c.optimizer, c.ema_decay, c.grad_accum_steps, c.inference_weights) == (
+        "sgd", 0.0, 1, "raw")
+    qs = os.path.join(ROOT, "configs", "quickstart.py")
+    c = load_config(qs, ["optimizer=lars", "schedule=polynomial", "ema_decay=0.999",
+                         "inference_weights=ema", "grad_accum_steps=4", "schedule=flat_cosine"])
+    assert (c.optimizer, c.schedule, c.grad_accum_steps) == ("lars", "flat_cosine", 4)
+    # Which weights inference uses is bookkeeping: it may change on resume.
+    assert config_diff(to_dict(c), {**to_dict(c), "inference_weights": "raw"}) == {}
+
+
+def test_train_py_reports_recipe_errors(capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_main", os.path.join(ROOT, "train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    qs = os.path.join(ROOT, "configs", "quickstart.py")
+    assert train.main(["--config", qs, "--workdir", "/x", "--config.ema_decay=1.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: config.ema_decay must be in (0, 1)")

@@ -93,3 +93,148 @@ def test_label_smoothing():
     chex.assert_trees_all_close(
         optim.cross_entropy(logits, labels, eps), -(target * logp).sum(-1), rtol=1e-6, atol=0
     )
+
+
+def _schedule(**overrides):
+    c = default_config()
+    c.lr_scale_with_batch, c.num_train_steps, c.schedule_unit = False, 100, "steps"
+    for k, v in overrides.items():
+        c[k] = v
+    return optim.create_learning_rate_fn(c, steps_per_epoch=10)
+
+
+def test_flat_cosine_schedule():
+    # fastai's fit_flat_cos: peak until flat_fraction of all steps, then cosine to zero.
+    lr = _schedule(schedule="flat_cosine", warmup="linear", warmup_length=10.0, flat_fraction=0.6)
+    # Cosine over the last 40 steps: 0.1 * (1 + cos(pi * t)) / 2 at t = 1/4, 1/2, 3/4, 1.
+    c = [0.1 * (1 + np.cos(np.pi * t)) / 2 for t in (0.25, 0.5, 0.75)]
+    expected = {0: 0.0, 5: 0.05, 10: 0.1, 59: 0.1, 60: 0.1, 70: c[0], 80: c[1], 90: c[2], 100: 0}
+    for step, value in expected.items():
+        assert float(lr(step)) == pytest.approx(value, abs=1e-7), step
+    # A flat phase shorter than the warm-up: the cosine starts after the warm-up.
+    short = _schedule(schedule="flat_cosine", warmup="linear", warmup_length=20.0,
+                      flat_fraction=0.0)
+    assert float(short(20)) == pytest.approx(0.1) and float(short(60)) == pytest.approx(0.05)
+
+
+def test_polynomial_schedule():
+    # MLPerf ResNet-50 LARS: lr * (1 - t)^2 after the warm-up, t the fraction of the decay.
+    lr = _schedule(schedule="polynomial", warmup="linear", warmup_length=20.0)
+    expected = {10: 0.05, 20: 0.1, 60: 0.1 * 0.5**2, 80: 0.1 * 0.25**2, 100: 0.0}
+    for step, value in expected.items():
+        assert float(lr(step)) == pytest.approx(value, rel=1e-6, abs=1e-9), step
+    cubic = _schedule(schedule="polynomial", warmup="none", schedule_power=3.0)
+    assert float(cubic(50)) == pytest.approx(0.1 * 0.5**3, rel=1e-6)
+
+
+def _opt_config(optimizer, **overrides):
+    c = default_config()
+    c.optimizer, c.schedule, c.warmup, c.lr_scale_with_batch = optimizer, "constant", "none", False
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def _tx(c):
+    return optim.create_optimizer(c, optim.create_learning_rate_fn(c, 1))
+
+
+def _norm(x):
+    return np.sqrt(np.sum(np.square(x, dtype=np.float64)))
+
+
+def test_lars_trust_ratio_matches_you_et_al_2017_by_hand():
+    """You et al. 2017, Alg. 1: v <- m v + lr * trust * (g + wd w), w <- w - v, trust =
+    eta ||w|| / ||g + wd w||. optax.lars divides by ||g + wd w|| (the paper's Alg. 1 writes the
+    bound ||g|| + wd ||w||; the two agree at wd = 0) and applies the lr before the momentum, as
+    the paper does. BN/bias (1-D) get neither decay nor the trust ratio with the mask."""
+    rng = np.random.RandomState(0)
+    w = {"conv": {"kernel": rng.randn(3, 3, 2, 4).astype(np.float32)},
+         "bn": {"scale": rng.randn(4).astype(np.float32)}}
+    grads = [jax.tree.map(lambda x: rng.randn(*x.shape).astype(np.float32), w) for _ in range(2)]
+    lr, eta, wd, mu = 0.5, 0.001, 1e-4, 0.9
+    c = _opt_config("lars", learning_rate=lr, weight_decay=wd, momentum=mu,
+                    lars_trust_coefficient=eta, wd_exclude_bn_and_bias=True)
+    tx = _tx(c)
+    params, state = jax.tree.map(jnp.asarray, w), None
+    state = tx.init(params)
+    hand_w = jax.tree.map(lambda x: x.astype(np.float64), w)
+    hand_v = jax.tree.map(np.zeros_like, hand_w)
+    for g in grads:
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+        params = optax.apply_updates(params, updates)
+        u = hand_w["conv"]["kernel"] * wd + g["conv"]["kernel"]
+        trust = eta * _norm(hand_w["conv"]["kernel"]) / _norm(u)
+        hand_v["conv"]["kernel"] = mu * hand_v["conv"]["kernel"] + lr * trust * u
+        hand_v["bn"]["scale"] = mu * hand_v["bn"]["scale"] + lr * g["bn"]["scale"]
+        hand_w = jax.tree.map(lambda a, b: a - b, hand_w, hand_v)
+    chex.assert_trees_all_close(params, hand_w, rtol=1e-5, atol=1e-7)
+    # The paper's denominator ||g|| + wd ||w|| is the same number without weight decay.
+    g, k = grads[0]["conv"]["kernel"], w["conv"]["kernel"]
+    tx0 = _tx(_opt_config("lars", learning_rate=1.0, weight_decay=0.0, momentum=0.0))
+    step0, _ = tx0.update({"conv": {"kernel": jnp.asarray(g)}}, tx0.init({"conv": {"kernel": k}}),
+                          {"conv": {"kernel": jnp.asarray(k)}})
+    paper = -(0.001 * _norm(k) / (_norm(g) + 0.0 * _norm(k))) * g
+    np.testing.assert_allclose(step0["conv"]["kernel"], paper, rtol=1e-5)
+
+
+def test_lamb_is_optax_lamb_without_the_mask():
+    params = _abstract_params()
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+    c = _opt_config("lamb", learning_rate=0.01, weight_decay=0.05, adam_eps=1e-6)
+    ours, ref = _tx(c), optax.lamb(0.01, eps=1e-6, weight_decay=0.05)
+    s1, s2 = ours.init(params), ref.init(params)
+    for _ in range(2):
+        u1, s1 = ours.update(grads, s1, params)
+        u2, s2 = ref.update(grads, s2, params)
+        chex.assert_trees_all_equal(u1, u2)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lamb", "lars"])
+def test_weight_decay_mask_applies_to_every_optimizer(optimizer):
+    # Zero gradients: only the decayed (ndim > 1) weights move; BN/bias stay put.
+    params = _abstract_params()
+    c = _opt_config(optimizer, weight_decay=0.05, wd_exclude_bn_and_bias=True)
+    tx = _tx(c)
+    updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    mask = optim.weight_decay_mask(params)
+    for u, m in zip(jax.tree.leaves(updates), jax.tree.leaves(mask), strict=True):
+        assert bool(jnp.all(u != 0)) if m else bool(jnp.all(u == 0))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "lamb", "lars"])
+def test_frozen_and_lr_multipliers_work_for_every_optimizer(optimizer):
+    params = _abstract_params()
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.2), params)
+
+    def update(**overrides):
+        c = _opt_config(optimizer, weight_decay=1e-3, **overrides)
+        tx = _tx(c)
+        return tx.update(grads, tx.init(params), params)[0]
+
+    plain = update()
+    frozen = update(frozen="^fc/")
+    half = update(lr_multipliers="^fc/=0.5")
+    chex.assert_trees_all_equal(frozen["fc"], jax.tree.map(jnp.zeros_like, plain["fc"]))
+    chex.assert_trees_all_close(half["fc"], jax.tree.map(lambda u: 0.5 * u, plain["fc"]),
+                                rtol=1e-6)
+    rest = lambda t: {k: v for k, v in t.items() if k != "fc"}  # noqa: E731
+    chex.assert_trees_all_close(rest(frozen), rest(plain), rtol=1e-6)
+    chex.assert_trees_all_close(rest(half), rest(plain), rtol=1e-6)
+
+
+def test_default_optimizer_is_the_pinned_sgd_chain_bit_for_bit():
+    """With every recipe option off the optimizer is main's chain: same state tree, same bits."""
+    params = _abstract_params()
+    c = default_config()
+    lr_fn = optim.create_learning_rate_fn(c, 10)
+    ours = optim.create_optimizer(c, lr_fn)
+    pinned = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(lr_fn, momentum=0.9))
+    s1, s2 = ours.init(params), pinned.init(params)
+    assert jax.tree.structure(s1) == jax.tree.structure(s2)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
+    for _ in range(3):
+        u1, s1 = ours.update(grads, s1, params)
+        u2, s2 = pinned.update(grads, s2, params)
+        chex.assert_trees_all_equal(u1, u2)
+        chex.assert_trees_all_equal(s1, s2)

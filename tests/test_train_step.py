@@ -18,7 +18,10 @@ import pytest
 import resnet_jax
 from resnet_jax.training.parallel import DataParallel
 from resnet_jax.training.step import (
+    EmaTrainState,
     create_train_state,
+    ema_of,
+    ema_update,
     make_eval_step,
     make_train_step,
 )
@@ -183,3 +186,70 @@ def test_eval_step_masks_padding_and_averages_views():
     chex.assert_trees_all_close(
         float(out["loss_sum"]), float(-(np.log(probs[np.arange(16), labels]) * mask).sum()),
         rtol=1e-4, atol=0)
+
+
+def _steps(model, batches, devices=None, **step_options):
+    """Each state after each step (host copies), from the same initial state."""
+    dp = DataParallel("shard_map", devices)
+    init = functools.partial(create_train_state, model, TX, jax.random.PRNGKey(0), (8, 8, 3),
+                             ema=step_options.get("ema_decay", 0) > 0)
+    state, metrics = dp.init_state(init), dp.init_metrics()
+    step = dp.train_step(make_train_step(model, TX, **step_options))
+    states = [dp.unreplicate(state)]
+    for b in batches:
+        state, metrics = step(state, metrics, dp.shard_batch(b))
+        states.append(dp.unreplicate(state))
+    return states, dp.unreplicate(metrics)
+
+
+def test_accumulating_k_micro_batches_equals_one_batch_of_k_times_the_size():
+    """k=2 micro-batches of 1 per device (8 devices) = one batch of 2 per device: the same
+    SGD update. BN uses its running statistics here (frozen_bn), so each example's gradient
+    does not depend on the others in its batch; with batch statistics see the next test."""
+    model = resnet_jax.create_model("resnet20", num_classes=10, axis_name="batch",
+                                    frozen_bn=True, **TINY)
+    batches = _batches(2)
+    (*_, one), m1 = _steps(model, batches)
+    (*_, acc), m2 = _steps(model, batches, grad_accum_steps=2)
+    chex.assert_trees_all_close(one.params, acc.params, **TOL)
+    chex.assert_trees_all_close(one.opt_state, acc.opt_state, **TOL)
+    assert int(acc.step) == 2  # one optimizer step per train step
+    chex.assert_trees_all_close(m1, m2, rtol=1e-5, atol=1e-5)  # loss, top-1 of the whole batch
+    init = _steps(model, [])[0][0]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(
+        jax.tree.leaves(init.params), jax.tree.leaves(acc.params), strict=True)) > 1e-4
+
+
+def test_accumulation_updates_bn_running_statistics_once_per_micro_batch():
+    """With batch statistics, each micro-batch is normalised on its own and the running
+    statistics take one EMA update per micro-batch, in order."""
+    model = _model()
+    batch = _batches(1)[0]
+    (init, acc), _ = _steps(model, [batch], jax.devices()[:1], grad_accum_steps=2)
+    plain = _model(axis_name=None)  # the same network outside the device axis
+    stats = jax.jit(lambda v, x: plain.apply(v, x, train=True, mutable=["batch_stats"],
+                                             rngs={"dropout": jax.random.PRNGKey(0)})[1])
+    variables = {"params": init.params, "batch_stats": init.batch_stats}
+    for half in (batch["image"][:8], batch["image"][8:]):
+        variables["batch_stats"] = stats(variables, half)["batch_stats"]
+    chex.assert_trees_all_close(variables["batch_stats"], acc.batch_stats, **TOL)
+
+
+def test_ema_of_params_and_bn_statistics_with_warmup():
+    model = _model()
+    batches = _batches(2)
+    plain, _ = _steps(model, batches)
+    ema, _ = _steps(model, batches, ema_decay=0.9, ema_warmup=True)
+    assert ema_of(plain[0]) is None  # off: the state (and checkpoint) tree of before
+    chex.assert_trees_all_equal(plain[-1].params, ema[-1].params)  # EMA never feeds back
+    weights = lambda s: {"params": s.params, "batch_stats": s.batch_stats}  # noqa: E731
+    expected = weights(plain[0])
+    for n, s in enumerate(plain[1:]):
+        d = min(0.9, (1 + n) / (10 + n))  # 0.1, then 2/11
+        expected = jax.tree.map(lambda e, x, d=d: d * e + (1 - d) * x, expected, weights(s))
+    chex.assert_trees_all_close(ema[-1].ema, expected, rtol=1e-6, atol=1e-7)
+    # Without warm-up the decay is constant from the first update.
+    first = ema_update(EmaTrainState(**vars(plain[1]), ema=weights(plain[0])), 0.9, warmup=False)
+    chex.assert_trees_all_close(
+        first, jax.tree.map(lambda e, x: 0.9 * e + 0.1 * x, weights(plain[0]), weights(plain[1])),
+        rtol=1e-6, atol=1e-7)

@@ -163,6 +163,7 @@ def inference_spec(config: ml_collections.ConfigDict, dataset) -> InferenceSpec:
         crop_fraction=float(crop),
         eval_view=config.eval_view,
         normalization=dataset.normalization,
+        weights=config.inference_weights,
     )
 
 

@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = frozenset(
         "data_dir",
         "parallel",
         "xla_flags",
+        "inference_weights",  # which weights eval/keep_best/evaluate use, not how they train
     }
 )
 
@@ -66,7 +67,13 @@ def choices() -> dict[str, tuple[str, ...]]:
         "augment": PRESETS,
         "eval_view": VIEWS,
         "progress_bar": Progress.MODES,
+        "optimizer": tuple(optim.OPTIMIZERS),
+        "inference_weights": INFERENCE_WEIGHTS,
     }
+
+
+# Which weights evaluate/predict/export/init_from and keep_best use: the trained ones or the EMA.
+INFERENCE_WEIGHTS = ("raw", "ema")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -114,6 +121,19 @@ def default_config() -> ml_collections.ConfigDict:
     c.warmup = "linear"  # linear: 0 -> lr; constant: warmup_lr, then lr (He et al. 2015, Sec. 4.2)
     c.warmup_length = 5.0
     c.warmup_lr = 0.01
+    # Modern recipe (docs/recipes.md): optimizer, schedules, EMA, accumulation
+    c.optimizer = "sgd"  # sgd (momentum/nesterov above) | adamw | lamb | lars; optim.OPTIMIZERS
+    c.adam_b1 = 0.9  # adamw/lamb first-moment decay (Loshchilov & Hutter 2019; You et al. 2020)
+    c.adam_b2 = 0.999  # adamw/lamb second-moment decay
+    c.adam_eps = 1e-8  # adamw/lamb denominator epsilon (PyTorch AdamW; LAMB's paper uses 1e-6)
+    c.lars_trust_coefficient = 0.001  # LARS eta (You et al. 2017, Alg. 1; MLPerf ResNet)
+    c.lars_eps = 0.0  # LARS: added to the trust ratio's denominator
+    c.flat_fraction = 0.75  # flat_cosine: peak lr for this fraction of training (fastai)
+    c.schedule_power = 2.0  # polynomial: lr * (1 - t)^power after warm-up (MLPerf ResNet LARS)
+    c.ema_decay = 0.0  # EMA of params and BN statistics; 0 -> off, else in (0, 1), e.g. 0.9998
+    c.ema_warmup = False  # decay = min(ema_decay, (1 + step) / (10 + step)) (TF/timm)
+    c.inference_weights = "raw"  # "ema": evaluate/predict/export/init_from/keep_best use the EMA
+    c.grad_accum_steps = 1  # k > 1: k micro-batches per optimizer step (same global batch)
     # Numerics and parallelism.
     c.precision = "auto"  # auto: bfloat16 on TPU/GPU, float32 on CPU
     c.loss_scale_init = 2.0**15  # float16 only: dynamic loss scaling
@@ -289,7 +309,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
     optim.check_regex("frozen", config.frozen)
     optim.parse_lr_multipliers(config.lr_multipliers)
+    _validate_recipe(config)
     xla_flags_for(config.xla_flags)
+
+
+def _validate_recipe(config: ml_collections.ConfigDict) -> None:
+    """Ranges of the modern-recipe keys (optimizer, schedules, EMA, accumulation)."""
+    for key in ("adam_b1", "adam_b2"):
+        if not 0.0 <= config[key] < 1.0:
+            raise ConfigError(f"config.{key} must be in [0, 1) (e.g. 0.9), got {config[key]}")
+    for key in ("adam_eps", "lars_eps"):
+        if config[key] < 0:
+            raise ConfigError(f"config.{key} must be >= 0, got {config[key]}")
+    if config.lars_trust_coefficient <= 0:
+        raise ConfigError(
+            f"config.lars_trust_coefficient must be > 0 (e.g. 0.001), got "
+            f"{config.lars_trust_coefficient}"
+        )
+    if not 0.0 <= config.flat_fraction <= 1.0:
+        raise ConfigError(f"config.flat_fraction must be in [0, 1], got {config.flat_fraction}")
+    if config.schedule_power <= 0:
+        raise ConfigError(f"config.schedule_power must be > 0, got {config.schedule_power}")
+    if config.ema_decay != 0.0 and not 0.0 < config.ema_decay < 1.0:
+        raise ConfigError(
+            f"config.ema_decay must be in (0, 1) (e.g. 0.9998), or 0 for no EMA; got "
+            f"{config.ema_decay}"
+        )
+    if config.inference_weights == "ema" and config.ema_decay == 0.0:
+        raise ConfigError(
+            "config.inference_weights='ema' needs an EMA: set config.ema_decay in (0, 1)"
+        )
+    k = config.grad_accum_steps
+    if k < 1 or config.global_batch_size % k:
+        raise ConfigError(
+            f"config.grad_accum_steps={k} must be >= 1 and divide config.global_batch_size="
+            f"{config.global_batch_size} (and the per-device batch)"
+        )
 
 
 def to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", action="append", default=[],
                    help="a training run's workdir (PATH@STEP for a step); repeat for an ensemble")
     p.add_argument("--step", default="latest", help="latest | best | a step number")
+    p.add_argument("--inference_weights", choices=("raw", "ema"),
+                   help="the run's trained weights or their EMA (default: the run's "
+                        "recorded config.inference_weights)")
     p.add_argument("--torchvision", help="a torchvision state_dict (.pth) instead of --workdir")
     p.add_argument("--weights",
                    help="named pretrained weights instead of --workdir, e.g. torchvision:resnet50, "
@@ -192,7 +195,7 @@ def _state_dict_weights(
 def _evaluate(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     runs: list[Run] = []
     if args.workdir:
-        runs = [load_run(w, args.step) for w in args.workdir]
+        runs = [load_run(w, args.step, args.inference_weights) for w in args.workdir]
         config = runs[0].config
         if args.image_size:
             for run in runs:

@@ -26,7 +26,7 @@ from resnet_jax.training import optim
 from resnet_jax.training.metrics import MetricWriter, Progress, TrainingDivergedError, TrainMetrics
 from resnet_jax.training.parallel import DataParallel
 from resnet_jax.training.prepare import Run, check_workdir, prepare
-from resnet_jax.training.step import TrainState
+from resnet_jax.training.step import TrainState, ema_of
 
 __all__ = ["Hook", "TrainingDivergedError", "evaluate", "train_and_evaluate"]
 
@@ -100,7 +100,7 @@ def _train(
             if do_eval and not stop:
                 last_eval = _evaluate_state(run, state)
                 _log_eval(step, last_eval, writer, progress)
-                save_metrics = {"eval_top1": last_eval["top1"]}
+                save_metrics = {"eval_top1": _selected_top1(config, last_eval)}
                 metrics.restart_clock()  # images/s counts training time only
             if do_save:
                 _save(run, step, state, save_metrics)
@@ -131,6 +131,7 @@ def _finish(run: Run, end: _End, writer: MetricWriter, t_start: float) -> dict[s
         "eval_top1": last_eval.get("top1"),
         "eval_top5": last_eval.get("top5"),
         "eval_loss": last_eval.get("loss"),
+        **({f"eval_{k}": v for k, v in last_eval.items() if k.startswith("ema_")}),
         "train_loss": last_train.get("loss"),
         "train_top1": last_train.get("top1"),
         "images_per_s": end.metrics.images_per_s,
@@ -154,10 +155,29 @@ def _log_start(run: Run, progress: Progress) -> None:
     )
     if run.init_message:
         progress.log(run.init_message)
+    recipe = _describe_recipe(config)
+    if recipe:
+        progress.log(recipe)
     if config.frozen or config.lr_multipliers:
         # Shapes suffice: no copy of the parameters to the host.
         shapes = run.dp.replica_shapes(run.state.params)
         progress.log(optim.describe_param_groups(shapes, config))
+
+
+def _describe_recipe(config: ml_collections.ConfigDict) -> str:
+    """One line on the non-default optimizer, EMA and accumulation; "" when all are off."""
+    parts = []
+    if config.optimizer != "sgd":
+        parts.append(f"optimizer {config.optimizer}")
+    if config.ema_decay > 0:
+        warm = " with warm-up" if config.ema_warmup else ""
+        parts.append(f"EMA decay {config.ema_decay:g}{warm}, inference uses "
+                     f"{config.inference_weights} weights")
+    if config.grad_accum_steps > 1:
+        k = config.grad_accum_steps
+        parts.append(f"gradients of {k} micro-batches of {config.global_batch_size // k} "
+                     "per optimizer step")
+    return "; ".join(parts)
 
 
 def evaluate(
@@ -170,17 +190,29 @@ def evaluate(
 
 
 def _evaluate_state(run: Run, state: TrainState) -> dict[str, float]:
+    """The raw weights' top1/top5/loss, and the EMA's as ema_top1/ema_top5/ema_loss if kept."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    return evaluate(run.eval_step, variables, run.eval_ds, run.dp)
+    result = evaluate(run.eval_step, variables, run.eval_ds, run.dp)
+    if ema_of(state) is not None:
+        ema = evaluate(run.eval_step, ema_of(state), run.eval_ds, run.dp)
+        result.update({f"ema_{k}": v for k, v in ema.items() if k in ("top1", "top5", "loss")})
+    return result
+
+
+def _selected_top1(config: ml_collections.ConfigDict, result: dict[str, float]) -> float:
+    """keep_best's metric: the top-1 of the weights inference uses (config.inference_weights)."""
+    return result["ema_top1"] if config.inference_weights == "ema" else result["top1"]
 
 
 def _log_eval(
     step: int, result: dict[str, float], writer: MetricWriter, progress: Progress
 ) -> None:
     writer.write(step, "eval", {**result, "error": 1 - result["top1"]})
+    ema = (f" ema_top1={result['ema_top1']:.4f} ema_top5={result['ema_top5']:.4f}"
+           if "ema_top1" in result else "")
     progress.log(
         f"eval step {step}: top1={result['top1']:.4f} "
-        f"top5={result['top5']:.4f} loss={result['loss']:.4f}"
+        f"top5={result['top5']:.4f} loss={result['loss']:.4f}{ema}"
     )
 
 

@@ -40,6 +40,8 @@ class _Plan:
     boundaries: jax.Array
     factor: float
     warmup_lr: float
+    flat_end: int = 0  # flat_cosine: the step where the cosine starts
+    power: float = 1.0  # polynomial's exponent
 
 
 def _cosine(step: jax.Array, p: _Plan) -> jax.Array:
@@ -51,6 +53,19 @@ def _cosine(step: jax.Array, p: _Plan) -> jax.Array:
 def _step_decay(step: jax.Array, p: _Plan) -> jax.Array:
     # Divide by 1/factor at each boundary (He et al. 2015, Sec. 3.4 and 4.2).
     return p.lr * p.factor ** jnp.sum(step >= p.boundaries).astype(jnp.float32)
+
+
+def _flat_cosine(step: jax.Array, p: _Plan) -> jax.Array:
+    # Flat at the peak, then cosine to zero: fastai's fit_flat_cos (pct_start of all steps).
+    start = max(p.warm, p.flat_end)
+    t = jnp.clip((step - start) / max(1, p.warm + p.decay_len - start), 0.0, 1.0)
+    return 0.5 * p.lr * (1.0 + jnp.cos(jnp.pi * t))
+
+
+def _polynomial(step: jax.Array, p: _Plan) -> jax.Array:
+    # lr * (1 - t)^power after warm-up: MLPerf's ResNet-50 LARS schedule (power 2).
+    t = jnp.clip((step - p.warm) / p.decay_len, 0.0, 1.0)
+    return p.lr * (1.0 - t) ** p.power
 
 
 def _linear_warmup(step: jax.Array, p: _Plan) -> jax.Array:
@@ -68,6 +83,8 @@ SCHEDULES: dict[str, Callable[[jax.Array, _Plan], jax.Array]] = {
     "cosine": _cosine,
     "step": _step_decay,
     "constant": lambda step, p: jnp.full_like(step, p.lr),
+    "flat_cosine": _flat_cosine,
+    "polynomial": _polynomial,
 }
 WARMUPS: dict[str, Callable[[jax.Array, _Plan], jax.Array]] = {
     "none": _constant_warmup,  # never used: the warm-up then has zero steps
@@ -79,7 +96,7 @@ WARMUPS: dict[str, Callable[[jax.Array, _Plan], jax.Array]] = {
 def create_learning_rate_fn(
     config: ml_collections.ConfigDict, steps_per_epoch: int
 ) -> optax.Schedule:
-    """Step -> learning rate: a warm-up phase followed by a cosine, step or constant schedule.
+    """Step -> learning rate: a warm-up phase followed by one of ``SCHEDULES``.
 
     Boundaries are absolute steps (or epochs) from the start of training, as in He et al. 2015,
     Sec. 4.2 ("divide it by 10 at 32k and 48k iterations"), warm-up included.
@@ -90,7 +107,8 @@ def create_learning_rate_fn(
     warm = int(round(config.warmup_length * unit)) if config.warmup != "none" else 0
     boundaries = jnp.asarray([int(round(b * unit)) for b in config.lr_boundaries] or [total + 1])
     plan = _Plan(lr=lr, warm=warm, decay_len=max(1, total - warm), boundaries=boundaries,
-                 factor=config.lr_decay_factor, warmup_lr=config.warmup_lr)
+                 factor=config.lr_decay_factor, warmup_lr=config.warmup_lr,
+                 flat_end=int(round(config.flat_fraction * total)), power=config.schedule_power)
     main, warmup = SCHEDULES[config.schedule], WARMUPS[config.warmup]
 
     def schedule(step: jax.Array) -> jax.Array:
@@ -250,28 +268,83 @@ def describe_param_groups(params: Any, config: ml_collections.ConfigDict) -> str
     return "; ".join(parts)
 
 
+def _decay_mask(config: ml_collections.ConfigDict) -> Callable[[Any], Any] | None:
+    return weight_decay_mask if config.wd_exclude_bn_and_bias else None
+
+
 def _sgd_parts(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> list[optax.GradientTransformation]:
     parts = []
     if config.weight_decay > 0:
         # L2 regularisation: wd * w added to the gradient before momentum, as in the papers.
-        mask = weight_decay_mask if config.wd_exclude_bn_and_bias else None
-        parts.append(optax.add_decayed_weights(config.weight_decay, mask=mask))
+        parts.append(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask(config)))
     parts.append(
         optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=config.nesterov)
     )
     return parts
 
 
+def _adamw_parts(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> list[optax.GradientTransformation]:
+    # Decoupled decay, scaled by the lr as in PyTorch's AdamW (Loshchilov & Hutter 2019, Alg. 2).
+    return [optax.adamw(learning_rate_fn, b1=config.adam_b1, b2=config.adam_b2,
+                        eps=config.adam_eps, weight_decay=config.weight_decay,
+                        mask=_decay_mask(config))]
+
+
+def _lamb_parts(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> list[optax.GradientTransformation]:
+    # optax.lamb's chain (You et al. 2020, Alg. 2), with the decay mask also excluding BN/bias
+    # from layer adaptation as the reference LAMB does (optax.lamb has no trust-ratio mask).
+    mask = _decay_mask(config)
+    trust = optax.scale_by_trust_ratio()
+    return [
+        optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+        optax.add_decayed_weights(config.weight_decay, mask=mask),
+        trust if mask is None else optax.masked(trust, mask),
+        optax.scale_by_learning_rate(learning_rate_fn),
+    ]
+
+
+def _lars_parts(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> list[optax.GradientTransformation]:
+    # You et al. 2017, Alg. 1; MLPerf's ResNet-50 excludes BN/bias from decay and adaptation.
+    mask = _decay_mask(config) or True
+    return [optax.lars(learning_rate_fn, weight_decay=config.weight_decay,
+                       weight_decay_mask=mask, trust_coefficient=config.lars_trust_coefficient,
+                       eps=config.lars_eps, trust_ratio_mask=mask, momentum=config.momentum,
+                       nesterov=config.nesterov)]
+
+
+# The registry config.optimizer chooses from: config -> the chain of one parameter group.
+OPTIMIZERS: dict[str, Callable[..., list[optax.GradientTransformation]]] = {
+    "sgd": _sgd_parts,
+    "adamw": _adamw_parts,
+    "lamb": _lamb_parts,
+    "lars": _lars_parts,
+}
+
+
+def optimizer_parts(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> list[optax.GradientTransformation]:
+    """The chain of ``config.optimizer`` for one parameter group, weight decay included."""
+    return OPTIMIZERS[config.optimizer](config, learning_rate_fn)
+
+
 def create_optimizer(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> optax.GradientTransformation:
-    """SGD with momentum and (masked) L2 weight decay (He et al. 2015, Sec. 3.4).
+    """``config.optimizer``: by default SGD with momentum and (masked) L2 weight decay (He et
+    al. 2015, Sec. 3.4); AdamW, LAMB or LARS with their decoupled, equally masked, decay.
 
     With ``config.frozen`` / ``config.lr_multipliers`` the parameters are partitioned
     (``optax.multi_transform``): frozen ones get a zero update and keep no optimizer state;
-    a multiplier group runs the same SGD chain with its updates scaled by its factor (its own
+    a multiplier group runs the same chain with its updates scaled by its factor (its own
     momentum, so the factor scales the effective learning rate exactly).
     """
     parts = []
@@ -280,7 +353,7 @@ def create_optimizer(
         # The plain chain: unchanged, so its optimizer state (and old checkpoints) still fit.
         if config.grad_clip_norm > 0:
             parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-        return optax.chain(*parts, *_sgd_parts(config, learning_rate_fn))
+        return optax.chain(*parts, *optimizer_parts(config, learning_rate_fn))
 
     def labels(tree: Any) -> Any:
         return param_labels(tree, config)
@@ -294,12 +367,12 @@ def create_optimizer(
             parts.append(optax.masked(optax.set_to_zero(), frozen_mask))
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     groups = {
-        TRAIN_LABEL: optax.chain(*_sgd_parts(config, learning_rate_fn)),
+        TRAIN_LABEL: optax.chain(*optimizer_parts(config, learning_rate_fn)),
         FROZEN_LABEL: optax.set_to_zero(),
     }
     for i, (_, factor) in enumerate(multipliers):
         groups[_multiplier_label(i)] = optax.chain(
-            *_sgd_parts(config, learning_rate_fn), optax.scale(factor)
+            *optimizer_parts(config, learning_rate_fn), optax.scale(factor)
         )
     parts.append(optax.multi_transform(groups, labels))
     return optax.chain(*parts)

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--weights", help="named pretrained weights, e.g. torchvision:resnet50, "
                                          "timm:resnet50.a1_in1k (ImageNet-1k classes)")
     p.add_argument("--step", default="latest", help="latest | best | a step number")
+    p.add_argument("--inference_weights", choices=("raw", "ema"),
+                   help="the run's trained weights or their EMA (default: the run's "
+                        "recorded config.inference_weights)")
     p.add_argument("--top", type=int, default=5)
     p.add_argument("images", nargs="+")
     args = p.parse_args(argv)
@@ -68,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             net = pretrained(args.weights)
             spec, model, variables = net.spec, net.model, net.variables
         else:
-            run = load_run(args.workdir, args.step)
+            run = load_run(args.workdir, args.step, args.inference_weights)
             spec, model, variables = run.spec, run.model(), run.variables
         images = preprocess(spec, args.images)
     except (RunError, DataError, PretrainedError, WeightsError) as e:

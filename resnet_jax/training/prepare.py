@@ -16,11 +16,12 @@ from resnet_jax import fs
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
 from resnet_jax.inference_spec import InferenceSpec
 from resnet_jax.training import build, optim, pretrained
-from resnet_jax.training.config import config_diff, to_dict, validate
+from resnet_jax.training.config import ConfigError, config_diff, to_dict, validate
 from resnet_jax.training.parallel import DataParallel
 from resnet_jax.training.step import (
     TrainState,
     create_train_state,
+    ema_of,
     make_eval_step,
     make_train_step,
 )
@@ -96,8 +97,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer)
     fp16 = precision == "float16"
     image_shape = (config.image_size, config.image_size, 3)
     loss_scale = config.loss_scale_init if fp16 else 1.0
+    _check_accumulation(config, dp)
     init_fn = functools.partial(
-        create_train_state, model, tx, jax.random.PRNGKey(config.seed), image_shape, loss_scale
+        create_train_state, model, tx, jax.random.PRNGKey(config.seed), image_shape, loss_scale,
+        ema=config.ema_decay > 0,
     )
     if start_step:
         state = dp.restore(ckpt, jax.eval_shape(init_fn), start_step)
@@ -119,6 +122,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer)
         dynamic_loss_scale=fp16,
         loss_scale_period=config.loss_scale_period,
         prepare=build.device_prepare(train_ds, precision),
+        ema_decay=config.ema_decay,
+        ema_warmup=config.ema_warmup,
+        grad_accum_steps=config.grad_accum_steps,
     )
     eval_fn = make_eval_step(model, build.device_prepare(eval_ds, precision))
     meta = {"config": cfg, "model": config.model, "num_classes": train_ds.num_classes,
@@ -129,6 +135,17 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer)
         lr_fn=lr_fn, precision=precision, start_step=start_step, num_steps=num_steps,
         steps_per_epoch=steps_per_epoch, meta=meta, init_message=init_message,
     )
+
+
+def _check_accumulation(config: ml_collections.ConfigDict, dp: DataParallel) -> None:
+    """``grad_accum_steps`` must divide each device's share of the global batch."""
+    per_device = config.global_batch_size // max(1, len(dp.devices))
+    if per_device % config.grad_accum_steps:
+        raise ConfigError(
+            f"config.grad_accum_steps={config.grad_accum_steps} does not divide the per-device "
+            f"batch {per_device} (global_batch_size {config.global_batch_size} over "
+            f"{len(dp.devices)} devices); choose a divisor of {per_device}"
+        )
 
 
 def _check_resume(
@@ -174,10 +191,12 @@ def _load_pretrained(
     fresh = dp.unreplicate({"params": state.params, "batch_stats": state.batch_stats})
     loaded = pretrained.merge(source, fresh, target_name=config.model,
                               class_names=tuple(train_ds.class_names))
-    state = state.replace(
-        params=dp.replicate(loaded.variables["params"]),
-        batch_stats=dp.replicate(loaded.variables["batch_stats"]),
-    )
+    weights = {k: loaded.variables[k] for k in ("params", "batch_stats")}
+    # The EMA starts from the loaded weights too (its own buffers: the step donates both).
+    state = state.replace(params=dp.replicate(weights["params"]),
+                          batch_stats=dp.replicate(weights["batch_stats"]))
+    if ema_of(state) is not None:
+        state = state.replace(ema=dp.replicate(weights))
     return state, loaded.summary + _normalization_note(source, spec)
 
 

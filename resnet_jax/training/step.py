@@ -39,16 +39,32 @@ class TrainState:
     good_steps: jax.Array  # finite-gradient steps since the last loss-scale change
 
 
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+    """The state of a run with ``config.ema_decay`` > 0: plus the EMA of ``{"params",
+    "batch_stats"}``. A subclass, not an optional field, so that runs without EMA keep
+    exactly the checkpoint tree (and old checkpoints restore: orbax records even a None)."""
+
+    ema: PyTree
+
+
+def ema_of(state: TrainState) -> PyTree | None:
+    """The state's EMA ``{"params", "batch_stats"}``, or None for a run without one."""
+    return getattr(state, "ema", None)
+
+
 def create_train_state(
     model: nn.Module,
     tx: optax.GradientTransformation,
     rng: jax.Array,
     image_shape: tuple[int, int, int],
     loss_scale: float = 1.0,
+    ema: bool = False,
 ) -> TrainState:
     """Initialises parameters, BN statistics and optimizer state (call under jit).
 
-    ``rng`` is a raw uint32[2] key; it stays in the state for dropout/drop-path.
+    ``rng`` is a raw uint32[2] key; it stays in the state for dropout/drop-path. ``ema``: keep
+    an EMA of the weights, starting from the initial ones.
     """
     # Parameters are drawn with the "rbg" generator: the same distributions, but XLA:CPU
     # compiles it ~10x faster than threefry (30 s -> 3 s for ResNet-20's init).
@@ -57,15 +73,34 @@ def create_train_state(
     )
     variables = model.init(init_key, jnp.zeros((1, *image_shape), jnp.float32), train=False)
     params = variables["params"]
-    return TrainState(
+    batch_stats = variables.get("batch_stats", {})
+    state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
-        batch_stats=variables.get("batch_stats", {}),
+        batch_stats=batch_stats,
         opt_state=tx.init(params),
         rng=rng,
         loss_scale=jnp.asarray(loss_scale, jnp.float32),
         good_steps=jnp.zeros((), jnp.int32),
     )
+    return EmaTrainState(**vars(state), ema=ema_init(params, batch_stats)) if ema else state
+
+
+def ema_init(params: PyTree, batch_stats: PyTree) -> PyTree:
+    """The EMA's starting point: a copy of the weights (timm's ModelEmaV2)."""
+    return jax.tree.map(jnp.array, {"params": params, "batch_stats": batch_stats})
+
+
+def ema_update(state: EmaTrainState, decay: float, warmup: bool) -> PyTree:
+    """``ema <- d * ema + (1 - d) * new`` over params and BN statistics (timm's ModelEmaV2
+    averages BN buffers too); with ``warmup``, ``d = min(decay, (1 + n) / (10 + n))`` for the
+    n-th update, n = 0, 1, ... (TF's ExponentialMovingAverage ``num_updates``)."""
+    d = jnp.asarray(decay, jnp.float32)
+    if warmup:
+        n = (state.step - 1).astype(jnp.float32)  # state.step is already incremented
+        d = jnp.minimum(d, (1.0 + n) / (10.0 + n))
+    new = {"params": state.params, "batch_stats": state.batch_stats}
+    return jax.tree.map(lambda e, x: d * e + (1.0 - d) * x, state.ema, new)
 
 
 def init_metrics() -> dict[str, jax.Array]:
@@ -91,6 +126,9 @@ def make_train_step(
     dynamic_loss_scale: bool = False,
     loss_scale_period: int = 2000,
     prepare: Prepare | None = None,
+    ema_decay: float = 0.0,
+    ema_warmup: bool = False,
+    grad_accum_steps: int = 1,
 ) -> Callable[[TrainState, dict, Batch], tuple[TrainState, dict]]:
     """The per-device train step ``(state, metrics, batch) -> (state, metrics)``.
 
@@ -98,7 +136,25 @@ def make_train_step(
     ``batch`` holds this device's ``image`` [b,H,W,3] and ``label`` [b]; ``prepare(batch)``, if
     given, makes the network's input from it on the device (uint8 pixels -> normalised and
     augmented, see ``resnet_jax.data.device.finish``). Metrics are added to the running sums.
+    ``ema_decay`` > 0 updates ``state.ema`` after the optimizer (see :func:`ema_update`);
+    ``grad_accum_steps`` k > 1 averages the gradients of k micro-batches of b/k (see
+    :func:`_accumulate`) before the one optimizer update of the step.
     """
+
+    def grads_of(state: TrainState, images: Any, labels: jax.Array, batch_stats: PyTree,
+                 rng: jax.Array) -> tuple[PyTree, tuple]:
+        def loss_fn(params):
+            logits, new_vars = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+                rngs={"dropout": rng},
+            )
+            loss = cross_entropy(logits, labels, label_smoothing).mean()
+            return loss * state.loss_scale, (loss, logits, new_vars["batch_stats"])
+
+        return jax.grad(loss_fn, has_aux=True)(state.params)
 
     def step_fn(state: TrainState, metrics: dict, batch: Batch) -> tuple[TrainState, dict]:
         # Different dropout/drop-path noise on each step and device, reproducible on resume.
@@ -110,18 +166,14 @@ def make_train_step(
         chex.assert_equal_shape_prefix([batch["image"], batch["label"]], 1)
         images = prepare(batch) if prepare is not None else batch["image"]
 
-        def loss_fn(params):
-            logits, new_vars = model.apply(
-                {"params": params, "batch_stats": state.batch_stats},
-                images,
-                train=True,
-                mutable=["batch_stats"],
-                rngs={"dropout": rng},
+        if grad_accum_steps > 1:
+            grads, (loss, logits, batch_stats) = _accumulate(
+                grads_of, state, images, batch["label"], rng, grad_accum_steps
             )
-            loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-            return loss * state.loss_scale, (loss, logits, new_vars["batch_stats"])
-
-        grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        else:
+            grads, (loss, logits, batch_stats) = grads_of(
+                state, images, batch["label"], state.batch_stats, rng
+            )
         # Data parallelism: every device takes the mean gradient of the global batch.
         grads = jax.lax.pmean(grads, AXIS)
         if per_device_bn:
@@ -134,6 +186,8 @@ def make_train_step(
         new_state = state.replace(
             step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
         )
+        if ema_decay > 0:
+            new_state = new_state.replace(ema=ema_update(new_state, ema_decay, ema_warmup))
         if dynamic_loss_scale:
             new_state = _apply_loss_scaling(state, new_state, finite, loss_scale_period)
         n = jnp.asarray(batch["label"].shape[0], jnp.float32)
@@ -151,6 +205,37 @@ def make_train_step(
     return step_fn
 
 
+def _accumulate(
+    grads_of: Callable, state: TrainState, images: Any, labels: jax.Array, rng: jax.Array, k: int
+) -> tuple[PyTree, tuple]:
+    """Gradient accumulation in one step: ``lax.scan`` over k equal micro-batches of the
+    device batch (consecutive slices), the mean of their gradients; one optimizer update.
+
+    BatchNorm normalises each micro-batch with its own statistics (as a batch of b/k would)
+    and its running statistics take k EMA updates, one per micro-batch, in order (PyTorch/timm
+    accumulation behaves the same). Loss and logits are those of the whole batch.
+    """
+    b = labels.shape[0]
+    if b % k:
+        raise ValueError(f"grad_accum_steps={k} does not divide the per-device batch {b}")
+    micro = jax.tree.map(lambda x: x.reshape((k, b // k, *x.shape[1:])), (images, labels))
+
+    def body(carry, xs):
+        grad_sum, batch_stats = carry
+        i, (x, y) = xs
+        grads, (loss, logits, batch_stats) = grads_of(
+            state, x, y, batch_stats, jax.random.fold_in(rng, i)
+        )
+        return (jax.tree.map(jnp.add, grad_sum, grads), batch_stats), (loss, logits)
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    (grad_sum, batch_stats), (losses, logits) = jax.lax.scan(
+        body, (zeros, state.batch_stats), (jnp.arange(k), micro)
+    )
+    grads = jax.tree.map(lambda g: g / k, grad_sum)
+    return grads, (losses.mean(), logits.reshape((b, *logits.shape[2:])), batch_stats)
+
+
 def _apply_loss_scaling(
     old: TrainState, new: TrainState, finite: jax.Array, period: int
 ) -> TrainState:
@@ -159,6 +244,8 @@ def _apply_loss_scaling(
     ``period`` finite steps in a row."""
     keep = lambda n, o: jax.tree.map(lambda a, b: jnp.where(finite, a, b), n, o)  # noqa: E731
     grow = old.good_steps + 1 >= period
+    if ema_of(new) is not None:
+        new = new.replace(ema=keep(new.ema, old.ema))
     return new.replace(
         params=keep(new.params, old.params),
         opt_state=keep(new.opt_state, old.opt_state),
