@@ -14,6 +14,7 @@ import ml_collections
 
 from resnet_jax import fs
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax.data.mix import MixConfig, mixer
 from resnet_jax.inference import InferenceSpec
 from resnet_jax.training import build, optim, pretrained
 from resnet_jax.training.config import config_diff, to_dict, validate
@@ -119,6 +120,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer)
         dynamic_loss_scale=fp16,
         loss_scale_period=config.loss_scale_period,
         prepare=build.device_prepare(train_ds, precision),
+        mix=mixer(MixConfig(config.mixup_alpha, config.cutmix_alpha, config.mix_prob,
+                            config.mix_switch_prob)),
+        loss=config.loss,
+        bce_target_threshold=config.bce_target_threshold,
     )
     eval_fn = make_eval_step(model, build.device_prepare(eval_ds, precision))
     meta = {"config": cfg, "model": config.model, "num_classes": train_ds.num_classes,

@@ -18,12 +18,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax.training.optim import cross_entropy
+from resnet_jax.data.mix import mix_targets
+from resnet_jax.training.optim import loss_per_example, one_hot_targets
 
 AXIS = "batch"
 PyTree = Any
 Batch = dict[str, Any]
 Prepare = Callable[[Batch], Any]  # batch -> the network's input, on the device
+Mix = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]  # (images, rng) -> (x, lam)
+MIX_SALT = 0x6D6978  # folded into the step's RNG for the mixing draws ("mix")
 
 
 @flax.struct.dataclass
@@ -91,13 +94,19 @@ def make_train_step(
     dynamic_loss_scale: bool = False,
     loss_scale_period: int = 2000,
     prepare: Prepare | None = None,
+    mix: Mix | None = None,
+    loss: str = "softmax",
+    bce_target_threshold: float = 0.0,
 ) -> Callable[[TrainState, dict, Batch], tuple[TrainState, dict]]:
     """The per-device train step ``(state, metrics, batch) -> (state, metrics)``.
 
     Must run inside a mapped axis named ``"batch"`` (``DataParallel.train_step`` maps it).
     ``batch`` holds this device's ``image`` [b,H,W,3] and ``label`` [b]; ``prepare(batch)``, if
     given, makes the network's input from it on the device (uint8 pixels -> normalised and
-    augmented, see ``resnet_jax.data.device.finish``). Metrics are added to the running sums.
+    augmented, see ``resnet_jax.data.device.finish``). ``mix`` (``data.mix.mixer``) then mixes
+    the images (Mixup/CutMix) and the targets alike; ``loss`` names ``optim.LOSSES``' entry.
+    Metrics are added to the running sums; with mixing, train top-1 counts the predictions
+    that hit the dominant class of each mixed target.
     """
 
     def step_fn(state: TrainState, metrics: dict, batch: Batch) -> tuple[TrainState, dict]:
@@ -109,6 +118,8 @@ def make_train_step(
         chex.assert_rank([batch["image"], batch["label"]], [4, 1])
         chex.assert_equal_shape_prefix([batch["image"], batch["label"]], 1)
         images = prepare(batch) if prepare is not None else batch["image"]
+        if mix is not None:  # per device: its own lam and box (timm mixes each GPU's batch)
+            images, lam = mix(images, jax.random.fold_in(rng, MIX_SALT))
 
         def loss_fn(params):
             logits, new_vars = model.apply(
@@ -118,10 +129,15 @@ def make_train_step(
                 mutable=["batch_stats"],
                 rngs={"dropout": rng},
             )
-            loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
-            return loss * state.loss_scale, (loss, logits, new_vars["batch_stats"])
+            targets = one_hot_targets(batch["label"], logits.shape[-1], label_smoothing)
+            if mix is not None:
+                targets = mix_targets(targets, lam)
+            loss_value = loss_per_example(logits, targets, loss, bce_target_threshold).mean()
+            aux = (loss_value, logits, new_vars["batch_stats"], targets)
+            return loss_value * state.loss_scale, aux
 
-        grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+        grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
+        loss_value, logits, batch_stats, targets = aux
         # Data parallelism: every device takes the mean gradient of the global batch.
         grads = jax.lax.pmean(grads, AXIS)
         if per_device_bn:
@@ -137,9 +153,10 @@ def make_train_step(
         if dynamic_loss_scale:
             new_state = _apply_loss_scaling(state, new_state, finite, loss_scale_period)
         n = jnp.asarray(batch["label"].shape[0], jnp.float32)
-        top1 = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        hit = batch["label"] if mix is None else jnp.argmax(targets, -1)
+        top1 = jnp.sum(jnp.argmax(logits, -1) == hit).astype(jnp.float32)
         step_metrics = {
-            "loss_sum": loss * n,
+            "loss_sum": loss_value * n,
             "top1_sum": top1,
             "count": n,
             # Identical on every device (gradients are averaged first): count it once.
