@@ -201,8 +201,9 @@ def test_bad_host_augment_options_are_config_errors(options, message):
 
 
 def _digits(**kw):
+    kw.update(global_batch_size=32, with_index=True, normalization="none")
     return data.create_dataset("digits", "train", train=True, image_size=16, augment="inception",
-                               global_batch_size=32, with_index=True, normalization="none", **kw)  # fmt: skip
+                               **kw)  # fmt: skip
 
 
 def test_pipeline_with_auto_augment_and_erasing_is_deterministic_and_resumes():
