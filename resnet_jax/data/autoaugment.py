@@ -45,22 +45,19 @@ def _channel_lut(img: tf.Tensor, lut: tf.Tensor) -> tf.Tensor:
 
 
 def _histograms(img: tf.Tensor) -> tf.Tensor:
-    """[3, 256] int32 per-channel histograms."""
-    idx = tf.reshape(tf.cast(img, tf.int32) + tf.constant([0, 256, 512]), [-1])
-    return tf.reshape(tf.math.bincount(idx, minlength=768, maxlength=768), [3, 256])
+    """[3, 256] int32 per-channel histograms (``histogram_fixed_width``: the fastest TF op)."""
+    return tf.stack([tf.histogram_fixed_width(img[..., c], [0.0, 256.0], 256) for c in range(3)])
 
 
 def auto_contrast(img: tf.Tensor) -> tf.Tensor:
-    """``ImageOps.autocontrast`` (cutoff 0): each channel stretched from [lo, hi] to [0, 255]."""
-    hist = _histograms(img)
-    levels = tf.range(256, dtype=tf.float64)
-    present = hist > 0
-    lo = tf.reduce_min(tf.where(present, levels, 256.0), axis=1, keepdims=True)
-    hi = tf.reduce_max(tf.where(present, levels, -1.0), axis=1, keepdims=True)
+    """``ImageOps.autocontrast`` (cutoff 0): each channel stretched from [lo, hi] to [0, 255],
+    int(x * scale + offset) in double precision as PIL computes its table."""
+    lo = tf.cast(tf.reduce_min(img, axis=[0, 1]), tf.float64)
+    hi = tf.cast(tf.reduce_max(img, axis=[0, 1]), tf.float64)
     scale = 255.0 / tf.maximum(hi - lo, 1.0)
-    stretched = tf.clip_by_value(tf.floor(levels * scale - lo * scale), 0.0, 255.0)
-    lut = tf.where(hi > lo, stretched, levels)
-    return _channel_lut(img, tf.cast(lut, tf.float32))
+    x = tf.cast(img, tf.float64)
+    stretched = tf.clip_by_value(tf.floor(x * scale + -lo * scale), 0.0, 255.0)
+    return tf.cast(tf.where(hi > lo, stretched, x), tf.float32)
 
 
 def equalize(img: tf.Tensor) -> tf.Tensor:
@@ -147,15 +144,14 @@ def affine(
     a, b, c, d, e, f = (tf.cast(v, tf.float32) for v in matrix)
     # PIL's centre convention in index coordinates: in = M (out + 0.5) - 0.5.
     transform = tf.stack([a, b, c + 0.5 * (a + b) - 0.5, d, e, f + 0.5 * (d + e) - 0.5, 0.0, 0.0])
-    shape = tf.shape(img)
-    with_mask = tf.concat([img, tf.ones_like(img[..., :1])], axis=-1)
+    # The map is linear with 0 outside, so warping (img - fill) and adding fill back puts the fill
+    # colour outside (and blends towards it at the border) in one 3-channel pass.
+    fill = tf.constant(fill, tf.float32)
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=with_mask[None], transforms=transform[None], output_shape=shape[:2],
+        images=(img - fill)[None], transforms=transform[None], output_shape=tf.shape(img)[:2],
         fill_value=0.0, interpolation=interpolation, fill_mode="CONSTANT",
     )[0]  # fmt: skip
-    rgb, inside = out[..., :3], out[..., 3:]
-    filled = rgb + (1.0 - inside) * tf.constant(fill, tf.float32)
-    return tf.clip_by_value(tf.round(filled), 0.0, 255.0)
+    return tf.clip_by_value(tf.round(out + fill), 0.0, 255.0)
 
 
 def rotate(img: tf.Tensor, degrees: tf.Tensor, **kw) -> tf.Tensor:
