@@ -1,20 +1,14 @@
 """Mixup/CutMix on the device against a numpy transcription of timm's ``Mixup`` (batch mode)
-with the same random draws; soft targets, label smoothing, the BCE loss, determinism, and the
-train step with mixing on 8 simulated devices."""
-
-import functools
+with the same random draws; soft targets, label smoothing, the BCE loss, determinism, config
+errors, and training with mixing on 8 simulated devices, resumed bit-identically."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
-import resnet_jax
 from resnet_jax.data import mix
 from resnet_jax.training import optim
-from resnet_jax.training.parallel import DataParallel
-from resnet_jax.training.step import create_train_state, make_train_step
 
 
 def _timm_mix_batch(x, target, num_classes, smoothing, d):
@@ -143,42 +137,6 @@ def test_bce_loss_matches_hand_formula():
     np.testing.assert_allclose(soft, -(targets * logp).sum(-1), rtol=1e-5)
 
 
-TINY = dict(stage_sizes=(1, 1, 1), stage_widths=(4, 8, 8), stem_width=4)
-TX = optax.sgd(0.1, momentum=0.9)
-
-
-def _trainer(**step_kw):
-    """(run: () -> (state, metrics) after two steps from the same init) on 8 devices."""
-    model = resnet_jax.create_model("resnet20", num_classes=10, axis_name="batch", **TINY)
-    dp = DataParallel("shard_map")
-    init = functools.partial(create_train_state, model, TX, jax.random.PRNGKey(0), (8, 8, 3))
-    step = dp.train_step(make_train_step(model, TX, **step_kw))
-    rng = np.random.RandomState(0)
-    batches = [{"image": rng.randn(16, 8, 8, 3).astype(np.float32),
-                "label": rng.randint(0, 10, 16).astype(np.int32)} for _ in range(2)]  # fmt: skip
-
-    def run():
-        state, metrics = dp.init_state(init), dp.init_metrics()
-        for batch in batches:
-            state, metrics = step(state, metrics, dp.shard_batch(batch))
-        return jax.device_get(dp.unreplicate(state)), jax.device_get(dp.unreplicate(metrics))
-
-    return run
-
-
-def test_train_step_with_mixing_on_8_devices_is_deterministic():
-    assert jax.device_count() == 8
-    run = _trainer(mix=mix.mixer(mix.MixConfig(mixup_alpha=0.8, cutmix_alpha=1.0)), loss="bce",
-                   label_smoothing=0.1)  # fmt: skip
-    s1, m1 = run()
-    s2, m2 = run()  # the same draws from the same state: bit-identical (resume relies on it)
-    jax.tree.map(np.testing.assert_array_equal, s1.params, s2.params)
-    assert float(m1["loss_sum"]) == float(m2["loss_sum"]) and float(m1["count"]) == 32
-    _, m0 = _trainer(loss="bce", label_smoothing=0.1)()
-    assert float(m0["loss_sum"]) != float(m1["loss_sum"])  # the mixing changed the loss
-    assert 0 <= float(m1["top1_sum"]) <= 32
-
-
 @pytest.mark.parametrize(
     "changes, message",
     [
@@ -200,3 +158,37 @@ def test_bad_mixing_and_loss_options_are_config_errors(changes, message):
     c.update(changes)
     with pytest.raises(ConfigError, match=message):
         validate(c)
+
+
+def test_resume_with_mixing_and_host_augment_is_bit_identical(tmp_path):
+    """The step with mixing, BCE and host augmentation on 8 devices (shard_map): Mixup/CutMix
+    draws come from the step's RNG and RandAugment/erasing from the example's seed, so a run
+    resumed at step 2 ends with the uninterrupted run's parameters, bit for bit."""
+    import os
+    import shutil
+
+    from resnet_jax.checkpoint import load_numpy
+    from resnet_jax.training.config import load_config
+    from resnet_jax.training.loop import train_and_evaluate
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    overrides = [
+        "model_kwargs.stage_sizes=(1, 1, 1)", "model_kwargs.stage_widths=(4, 8, 8)",
+        "model_kwargs.stem_width=4", "image_size=8", "global_batch_size=16",
+        "num_train_steps=4", "warmup=none", "checkpoint_every_steps=2", "keep_checkpoints=10",
+        "keep_best=false", "eval_every_epochs=0", "progress_bar=off", "async_checkpointing=false",
+        "mixup_alpha=0.8", "cutmix_alpha=1.0", "loss=bce", "label_smoothing=0.1",
+        "dataset_options.auto_augment=rand-m9-mstd0.5-inc1", "dataset_options.random_erasing=0.5",
+    ]  # fmt: skip
+    config = load_config(os.path.join(root, "configs", "quickstart.py"), overrides)
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train_and_evaluate(config, straight)
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
+    seen = []
+    summary = train_and_evaluate(config, resumed, hooks=[lambda step, state: seen.append(step)])
+    assert summary["step"] == 4 and seen == [3, 4]  # it really ran steps 3 and 4 again
+    a = load_numpy(os.path.join(straight, "checkpoints"), 4)[0]
+    b = load_numpy(os.path.join(resumed, "checkpoints"), 4)[0]
+    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+    jax.tree.map(np.testing.assert_array_equal, a["opt_state"], b["opt_state"])
