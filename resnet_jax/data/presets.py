@@ -203,6 +203,8 @@ def _with_host_extras(preset: Preset, opts: Options) -> Preset:
     """``preset`` with RandAugment/TrivialAugment, then random erasing, after its per-example
     part (timm's order: crop, flip, auto-augment, ..., erasing); unchanged when both are off."""
     policy = parse_auto_augment(opts.auto_augment)
+    if not 0.0 <= opts.random_erasing <= 1.0:
+        raise ValueError(f"random_erasing must be in [0, 1], not {opts.random_erasing}")
     if policy is None and not opts.random_erasing:
         return preset
     from resnet_jax.data import autoaugment

@@ -105,8 +105,8 @@ def make_train_step(
     given, makes the network's input from it on the device (uint8 pixels -> normalised and
     augmented, see ``resnet_jax.data.device.finish``). ``mix`` (``data.mix.mixer``) then mixes
     the images (Mixup/CutMix) and the targets alike; ``loss`` names ``optim.LOSSES``' entry.
-    Metrics are added to the running sums; with mixing, train top-1 counts the predictions
-    that hit the dominant class of each mixed target.
+    Metrics are added to the running sums; with mixing, train top-1 counts the predictions of
+    each mixed target's dominant label (the example's own when ``lam >= 0.5``).
     """
 
     def step_fn(state: TrainState, metrics: dict, batch: Batch) -> tuple[TrainState, dict]:
@@ -133,11 +133,9 @@ def make_train_step(
             if mix is not None:
                 targets = mix_targets(targets, lam)
             loss_value = loss_per_example(logits, targets, loss, bce_target_threshold).mean()
-            aux = (loss_value, logits, new_vars["batch_stats"], targets)
-            return loss_value * state.loss_scale, aux
+            return loss_value * state.loss_scale, (loss_value, logits, new_vars["batch_stats"])
 
-        grads, aux = jax.grad(loss_fn, has_aux=True)(state.params)
-        loss_value, logits, batch_stats, targets = aux
+        grads, (loss_value, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
         # Data parallelism: every device takes the mean gradient of the global batch.
         grads = jax.lax.pmean(grads, AXIS)
         if per_device_bn:
@@ -153,7 +151,9 @@ def make_train_step(
         if dynamic_loss_scale:
             new_state = _apply_loss_scaling(state, new_state, finite, loss_scale_period)
         n = jnp.asarray(batch["label"].shape[0], jnp.float32)
-        hit = batch["label"] if mix is None else jnp.argmax(targets, -1)
+        hit = batch["label"]
+        if mix is not None:  # the dominant label of each mixed target: its own, or its partner's
+            hit = jnp.where(lam >= 0.5, hit, hit[::-1])
         top1 = jnp.sum(jnp.argmax(logits, -1) == hit).astype(jnp.float32)
         step_metrics = {
             "loss_sum": loss_value * n,
