@@ -373,11 +373,13 @@ def random_erasing(img: tf.Tensor, seed: tf.Tensor, prob: float) -> tf.Tensor:
         rows = tf.range(shape[0])[:, None]
         cols = tf.range(shape[1])[None, :]
         inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+        box = tf.stack([h, w, shape[2]])  # noise for the box only, padded into place
         if img.dtype == tf.uint8:
-            noise = tf.cast(tf.random.stateless_uniform(shape, s_fill, 0, 256, tf.int32), tf.uint8)
+            noise = tf.cast(tf.random.stateless_uniform(box, s_fill, 0, 256, tf.int32), tf.uint8)
         else:
-            noise = tf.random.stateless_uniform(shape, s_fill, dtype=img.dtype)
-        return tf.where(inside[..., None], noise, img)
+            noise = tf.random.stateless_uniform(box, s_fill, dtype=img.dtype)
+        pads = [[top, shape[0] - top - h], [left, shape[1] - left - w], [0, 0]]
+        return tf.where(inside[..., None], tf.pad(noise, pads), img)
 
     out = tf.cond(apply, erase, lambda: img)
     out.set_shape(img.shape)
