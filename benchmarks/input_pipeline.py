@@ -6,7 +6,11 @@ load affects both alike, and prints a Markdown table. Per-core figures: images/s
 number of CPU cores tf.data may use (os.cpu_count()), and images per CPU-second of the process
 (user + system time, which counts only the cores actually used).
 
-    python benchmarks/input_pipeline.py [--seconds 4] [--repeats 2]
+    python benchmarks/input_pipeline.py [--seconds 4] [--repeats 2] [--presets inception]
+        [--auto-augment rand-m9-mstd0.5-inc1] [--random-erasing 0.25]
+
+``--auto-augment`` / ``--random-erasing`` add those options (``dataset_options``) to our train
+presets; the baseline keeps the preset alone, so the ratio shows their cost.
 """
 
 from __future__ import annotations
@@ -98,13 +102,15 @@ def baseline(encoded: list[bytes], labels: np.ndarray, preset: str, size: int, t
     return ds.as_numpy_iterator()
 
 
-def ours(root: Path, preset: str, size: int, train: bool, dtype: str = "uint8"):
+def ours(root: Path, preset: str, size: int, train: bool, dtype: str = "uint8",
+         extras: dict | None = None):  # fmt: skip
     # uint8: what the trainer streams (normalised on the device); float32: normalised on the host.
     kw = dict(data_dir=str(root), global_batch_size=BATCH, image_size=size, mean=MEAN, std=STD,
               device_count=1, process_count=1, process_index=0, cache=True,
               dtype=dtype)  # fmt: skip
     if train:
-        ds = data.create_dataset("folder", "train", train=True, augment=preset, **kw)
+        ds = data.create_dataset("folder", "train", train=True, augment=preset, **kw,
+                                 **(extras or {}))  # fmt: skip
         return iter(ds)
     ds = data.create_dataset("folder", "train", train=False, eval_view="center",
                              crop_fraction=0.875, **kw)  # fmt: skip
@@ -144,7 +150,15 @@ def main() -> None:
     parser.add_argument("--cifar-per-class", type=int, default=500)
     parser.add_argument("--dtype", default="uint8", choices=["uint8", "float32"],
                         help="our stream's images: uint8 (the trainer's) or host-normalised f32")
+    parser.add_argument("--presets", default="inception,resnet_paper,center,cifar",
+                        help="comma-separated cases to run (center: the eval view)")
+    parser.add_argument("--auto-augment", default="",
+                        help="our train presets with this auto_augment (e.g. rand-m9-mstd0.5-inc1)")
+    parser.add_argument("--random-erasing", type=float, default=0.0,
+                        help="our train presets with this random_erasing probability")
     args = parser.parse_args()
+    extras = {k: v for k, v in (("auto_augment", args.auto_augment),
+                                ("random_erasing", args.random_erasing)) if v}  # fmt: skip
     host = machine.host()
     cores = host["cores"] or 1  # os.cpu_count(): what tf.data may use
     tmp = Path(tempfile.mkdtemp(prefix="bench_input_"))
@@ -158,13 +172,14 @@ def main() -> None:
         ("Imagenette-224", nette, "center", 224, False),
         ("CIFAR-10", cifar, "cifar", 32, True),
     ]
+    cases = [c for c in cases if c[2] in args.presets.split(",")]
     rows = []
     for dataset, root, preset, size, train in cases:
         src = data.pipeline.open_source("folder", "train", str(root), data.Options())
         encoded, labels = src.encoded, src.labels
         results = {"ours": [], "baseline": []}
         for _ in range(args.repeats):
-            make_ours = functools.partial(ours, root, preset, size, train, args.dtype)
+            make_ours = functools.partial(ours, root, preset, size, train, args.dtype, extras)
             make_base = functools.partial(baseline, encoded, labels, preset, size, train)
             results["ours"].append(measure(make_ours, args.seconds))
             results["baseline"].append(measure(make_base, args.seconds))
@@ -178,7 +193,7 @@ def main() -> None:
     print(f"\nMachine: {cores}-core CPU ({machine.cpu_name()}), "
           f"Python {host['python']}, TensorFlow {tf.__version__}; "
           f"batch {BATCH}, best of {args.repeats} x {args.seconds:.0f} s runs; ours streams "
-          f"{args.dtype}.\n")  # fmt: skip
+          f"{args.dtype}{''.join(f'; {k}={v}' for k, v in extras.items())}.\n")  # fmt: skip
     print("| data | preset | size | images | ours img/s | ours img/s/core | ours img/CPU-s "
           "| baseline img/s | baseline img/s/core | baseline img/CPU-s | ratio (wall) "
           "| ratio (CPU) | bytes/image to device: ours | baseline |")  # fmt: skip

@@ -26,7 +26,10 @@ class Options:
     Augmentation: ``flip``; ``cifar_pad`` (4); ``scale_range`` ((256, 480) for a 224 output,
     scaled with image_size); ``lighting_std`` (0.1; 0 disables); ``area_range`` ((0.08, 1)) and
     ``aspect_range`` ((3/4, 4/3)); ``color_jitter`` (0: off; else brightness/contrast/saturation
-    strength); ``resize_method`` (tf.image.resize method, "bilinear").
+    strength); ``resize_method`` (tf.image.resize method, "bilinear"). On top of any train
+    preset: ``auto_augment`` ("": off; "trivial": TrivialAugmentWide; a timm RandAugment string
+    such as "rand-m9-mstd0.5-inc1") and ``random_erasing`` (probability, 0: off; timm's
+    RandomErasing with per-pixel random values), see ``data.autoaugment``.
 
     Evaluation: ``crop_fraction`` of the shorter side for the centre view (default 1.0 for
     image_size <= 64, else 224/256); ``ten_crop_resize`` (shorter side before 10-crop, default
@@ -59,6 +62,8 @@ class Options:
     aspect_range: tuple[float, float] = (3 / 4, 4 / 3)
     color_jitter: float = 0.0
     resize_method: str = "bilinear"
+    auto_augment: str = ""
+    random_erasing: float = 0.0
     crop_fraction: float | None = None
     ten_crop_resize: int | None = None
     multi_scale_sizes: Sequence[int] | None = None

@@ -68,6 +68,7 @@ def choices() -> dict[str, tuple[str, ...]]:
         "eval_view": VIEWS,
         "progress_bar": Progress.MODES,
         "optimizer": tuple(optim.OPTIMIZERS),
+        "loss": tuple(optim.LOSSES),
         "inference_weights": INFERENCE_WEIGHTS,
     }
 
@@ -152,6 +153,15 @@ def default_config() -> ml_collections.ConfigDict:
     c.keep_best = True  # also keep the checkpoint with the best eval top-1
     c.async_checkpointing = True
     c.progress_bar = "auto"  # auto: a bar on a terminal, log lines otherwise
+    # Modern recipe (docs/recipes.md): mixing, augmentation, loss. Mixup/CutMix run on the device
+    # in the train step (timm's Mixup, batch mode); RandAugment/TrivialAugment and random erasing
+    # are dataset_options (auto_augment, random_erasing; docs/input_pipeline.md).
+    c.mixup_alpha = 0.0  # Beta(alpha, alpha) Mixup; 0 -> off
+    c.cutmix_alpha = 0.0  # Beta(alpha, alpha) CutMix; 0 -> off
+    c.mix_prob = 1.0  # probability that a batch is mixed at all
+    c.mix_switch_prob = 0.5  # probability of CutMix instead of Mixup when both alphas are > 0
+    c.loss = "softmax"  # softmax cross-entropy | bce: sigmoid BCE ("ResNet strikes back")
+    c.bce_target_threshold = 0.0  # bce only: > 0 binarises the targets at it (RSB: 0.2); 0 -> off
     return c
 
 
@@ -310,6 +320,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     optim.check_regex("frozen", config.frozen)
     optim.parse_lr_multipliers(config.lr_multipliers)
     _validate_recipe(config)
+    _validate_mixing_and_loss(config)
     xla_flags_for(config.xla_flags)
 
 
@@ -344,6 +355,47 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.grad_accum_steps={k} must be >= 1 and divide config.global_batch_size="
             f"{config.global_batch_size} (and the per-device batch)"
+        )
+
+
+def _validate_mixing_and_loss(config: ml_collections.ConfigDict) -> None:
+    """Mixup/CutMix, the loss, and the dataset_options auto_augment / random_erasing."""
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if config[key] < 0:
+            raise ConfigError(f"config.{key} must be >= 0 (0 turns it off), got {config[key]}")
+    for key in ("mix_prob", "mix_switch_prob"):
+        if not 0.0 <= config[key] <= 1.0:
+            raise ConfigError(f"config.{key} must be in [0, 1], got {config[key]}")
+    ref = default_config()
+    if config.mixup_alpha == 0 and config.cutmix_alpha == 0:
+        for key in ("mix_prob", "mix_switch_prob"):
+            if config[key] != ref[key]:
+                raise ConfigError(
+                    f"config.{key} = {config[key]} has no effect: mixing is off; set "
+                    "config.mixup_alpha and/or config.cutmix_alpha > 0 (e.g. 0.2 and 1.0)"
+                )
+    if not 0.0 <= config.bce_target_threshold < 1.0:
+        raise ConfigError(
+            f"config.bce_target_threshold must be in [0, 1), got {config.bce_target_threshold}"
+        )
+    if config.bce_target_threshold > 0 and config.loss != "bce":
+        raise ConfigError("config.bce_target_threshold needs config.loss='bce'")
+    _validate_host_augment(config.dataset_options)
+
+
+def _validate_host_augment(options: ml_collections.ConfigDict) -> None:
+    """dataset_options.auto_augment (a policy string) and random_erasing (a probability)."""
+    from resnet_jax.data.presets import parse_auto_augment  # no TensorFlow import
+
+    try:
+        parse_auto_augment(options.get("auto_augment", ""))
+    except ValueError as e:
+        raise ConfigError(f"config.dataset_options.auto_augment: {e}") from None
+    prob = options.get("random_erasing", 0.0)
+    if isinstance(prob, bool) or not isinstance(prob, int | float) or not 0.0 <= prob <= 1.0:
+        raise ConfigError(
+            f"config.dataset_options.random_erasing must be a probability in [0, 1] "
+            f"(0: off; timm/RSB use 0.25), got {prob!r}"
         )
 
 

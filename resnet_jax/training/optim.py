@@ -378,10 +378,44 @@ def create_optimizer(
     return optax.chain(*parts)
 
 
-def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy; smoothing as in Szegedy et al. 2016, Sec. 7."""
-    num_classes = logits.shape[-1]
+def one_hot_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
+    """[b, C] float32 targets; smoothing as in Szegedy et al. 2016, Sec. 7: ``1 - eps + eps/C``
+    on the label and ``eps/C`` elsewhere (timm's ``mixup_target`` smooths the same way)."""
     targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
     if label_smoothing > 0:
         targets = optax.smooth_labels(targets, label_smoothing)
+    return targets
+
+
+def _softmax_loss(logits: jax.Array, targets: jax.Array, threshold: float) -> jax.Array:
     return optax.softmax_cross_entropy(logits.astype(jnp.float32), targets)
+
+
+def _bce_loss(logits: jax.Array, targets: jax.Array, threshold: float) -> jax.Array:
+    # "ResNet strikes back" (Wightman et al. 2021, Sec. 3.2): sigmoid BCE on the (mixed) targets,
+    # optionally binarised at ``threshold``; the mean over classes, so the batch mean is timm's
+    # BinaryCrossEntropy(reduction="mean") over all elements.
+    if threshold > 0:
+        targets = (targets > threshold).astype(jnp.float32)
+    return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), targets).mean(-1)
+
+
+# The registry config.loss chooses from: (logits [b, C], targets [b, C], threshold) -> [b].
+LOSSES: dict[str, Callable[[jax.Array, jax.Array, float], jax.Array]] = {
+    "softmax": _softmax_loss,
+    "bce": _bce_loss,
+}
+
+
+def loss_per_example(
+    logits: jax.Array, targets: jax.Array, kind: str = "softmax", target_threshold: float = 0.0
+) -> jax.Array:
+    """Per-example loss [b] of ``logits`` against soft ``targets`` [b, C] (rows summing to 1):
+    softmax cross-entropy, or sigmoid BCE (``kind="bce"``; ``target_threshold`` > 0 binarises
+    the targets, timm's ``target_threshold``)."""
+    return LOSSES[kind](logits, targets, target_threshold)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example softmax cross-entropy; smoothing as in Szegedy et al. 2016, Sec. 7."""
+    return loss_per_example(logits, one_hot_targets(labels, logits.shape[-1], label_smoothing))

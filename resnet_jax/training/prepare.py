@@ -14,6 +14,7 @@ import ml_collections
 
 from resnet_jax import fs
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError
+from resnet_jax.data.mix import MixConfig, mixer
 from resnet_jax.inference_spec import InferenceSpec
 from resnet_jax.training import build, optim, pretrained
 from resnet_jax.training.config import ConfigError, config_diff, to_dict, validate
@@ -125,6 +126,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer)
         ema_decay=config.ema_decay,
         ema_warmup=config.ema_warmup,
         grad_accum_steps=config.grad_accum_steps,
+        mix=mixer(MixConfig(config.mixup_alpha, config.cutmix_alpha, config.mix_prob,
+                            config.mix_switch_prob)),
+        loss=config.loss,
+        bce_target_threshold=config.bce_target_threshold,
     )
     eval_fn = make_eval_step(model, build.device_prepare(eval_ds, precision))
     meta = {"config": cfg, "model": config.model, "num_classes": train_ds.num_classes,

@@ -18,12 +18,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from resnet_jax.training.optim import cross_entropy
+from resnet_jax.data.mix import mix_targets
+from resnet_jax.training.optim import loss_per_example, one_hot_targets
 
 AXIS = "batch"
 PyTree = Any
 Batch = dict[str, Any]
 Prepare = Callable[[Batch], Any]  # batch -> the network's input, on the device
+Mix = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]  # (images, rng) -> (x, lam)
+MIX_SALT = 0x6D6978  # folded into the step's RNG for the mixing draws ("mix")
 
 
 @flax.struct.dataclass
@@ -129,19 +132,25 @@ def make_train_step(
     ema_decay: float = 0.0,
     ema_warmup: bool = False,
     grad_accum_steps: int = 1,
+    mix: Mix | None = None,
+    loss: str = "softmax",
+    bce_target_threshold: float = 0.0,
 ) -> Callable[[TrainState, dict, Batch], tuple[TrainState, dict]]:
     """The per-device train step ``(state, metrics, batch) -> (state, metrics)``.
 
     Must run inside a mapped axis named ``"batch"`` (``DataParallel.train_step`` maps it).
     ``batch`` holds this device's ``image`` [b,H,W,3] and ``label`` [b]; ``prepare(batch)``, if
     given, makes the network's input from it on the device (uint8 pixels -> normalised and
-    augmented, see ``resnet_jax.data.device.finish``). Metrics are added to the running sums.
+    augmented, see ``resnet_jax.data.device.finish``). ``mix`` (``data.mix.mixer``) then mixes
+    the images (Mixup/CutMix) and the targets alike; ``loss`` names ``optim.LOSSES``' entry.
+    Metrics are added to the running sums; with mixing, train top-1 counts the predictions of
+    each mixed target's dominant label (the example's own when ``lam >= 0.5``).
     ``ema_decay`` > 0 updates ``state.ema`` after the optimizer (see :func:`ema_update`);
     ``grad_accum_steps`` k > 1 averages the gradients of k micro-batches of b/k (see
     :func:`_accumulate`) before the one optimizer update of the step.
     """
 
-    def grads_of(state: TrainState, images: Any, labels: jax.Array, batch_stats: PyTree,
+    def grads_of(state: TrainState, images: Any, targets: jax.Array, batch_stats: PyTree,
                  rng: jax.Array) -> tuple[PyTree, tuple]:
         def loss_fn(params):
             logits, new_vars = model.apply(
@@ -151,8 +160,8 @@ def make_train_step(
                 mutable=["batch_stats"],
                 rngs={"dropout": rng},
             )
-            loss = cross_entropy(logits, labels, label_smoothing).mean()
-            return loss * state.loss_scale, (loss, logits, new_vars["batch_stats"])
+            value = loss_per_example(logits, targets, loss, bce_target_threshold).mean()
+            return value * state.loss_scale, (value, logits, new_vars["batch_stats"])
 
         return jax.grad(loss_fn, has_aux=True)(state.params)
 
@@ -165,14 +174,20 @@ def make_train_step(
         chex.assert_rank([batch["image"], batch["label"]], [4, 1])
         chex.assert_equal_shape_prefix([batch["image"], batch["label"]], 1)
         images = prepare(batch) if prepare is not None else batch["image"]
+        if mix is not None:  # per device: its own lam and box (timm mixes each GPU's batch)
+            images, lam = mix(images, jax.random.fold_in(rng, MIX_SALT))
 
+        # Soft targets [b, C]: smoothed one-hot labels, mixed like the images.
+        targets = one_hot_targets(batch["label"], model.num_classes, label_smoothing)
+        if mix is not None:
+            targets = mix_targets(targets, lam)
         if grad_accum_steps > 1:
-            grads, (loss, logits, batch_stats) = _accumulate(
-                grads_of, state, images, batch["label"], rng, grad_accum_steps
+            grads, (loss_value, logits, batch_stats) = _accumulate(
+                grads_of, state, images, targets, rng, grad_accum_steps
             )
         else:
-            grads, (loss, logits, batch_stats) = grads_of(
-                state, images, batch["label"], state.batch_stats, rng
+            grads, (loss_value, logits, batch_stats) = grads_of(
+                state, images, targets, state.batch_stats, rng
             )
         # Data parallelism: every device takes the mean gradient of the global batch.
         grads = jax.lax.pmean(grads, AXIS)
@@ -191,9 +206,12 @@ def make_train_step(
         if dynamic_loss_scale:
             new_state = _apply_loss_scaling(state, new_state, finite, loss_scale_period)
         n = jnp.asarray(batch["label"].shape[0], jnp.float32)
-        top1 = jnp.sum(jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+        hit = batch["label"]
+        if mix is not None:  # the dominant label of each mixed target: its own, or its partner's
+            hit = jnp.where(lam >= 0.5, hit, hit[::-1])
+        top1 = jnp.sum(jnp.argmax(logits, -1) == hit).astype(jnp.float32)
         step_metrics = {
-            "loss_sum": loss * n,
+            "loss_sum": loss_value * n,
             "top1_sum": top1,
             "count": n,
             # Identical on every device (gradients are averaged first): count it once.
@@ -206,7 +224,7 @@ def make_train_step(
 
 
 def _accumulate(
-    grads_of: Callable, state: TrainState, images: Any, labels: jax.Array, rng: jax.Array, k: int
+    grads_of: Callable, state: TrainState, images: Any, targets: jax.Array, rng: jax.Array, k: int
 ) -> tuple[PyTree, tuple]:
     """Gradient accumulation in one step: ``lax.scan`` over k equal micro-batches of the
     device batch (consecutive slices), the mean of their gradients; one optimizer update.
@@ -215,10 +233,10 @@ def _accumulate(
     and its running statistics take k EMA updates, one per micro-batch, in order (PyTorch/timm
     accumulation behaves the same). Loss and logits are those of the whole batch.
     """
-    b = labels.shape[0]
+    b = targets.shape[0]
     if b % k:
         raise ValueError(f"grad_accum_steps={k} does not divide the per-device batch {b}")
-    micro = jax.tree.map(lambda x: x.reshape((k, b // k, *x.shape[1:])), (images, labels))
+    micro = jax.tree.map(lambda x: x.reshape((k, b // k, *x.shape[1:])), (images, targets))
 
     def body(carry, xs):
         grad_sum, batch_stats = carry
