@@ -198,12 +198,15 @@ def test_runs_saved_before_a_key_existed_still_resume():
         ("inference_weights=best", "config.inference_weights = 'best'; choose one of"),
         ("grad_accum_steps=0", "config.grad_accum_steps=0 must be >= 1 and divide"),
         ("grad_accum_steps=3", "grad_accum_steps=3 must be >= 1 and divide config.global_batch"),
+        ("eval_image_size=-1", "config.eval_image_size must be >= 0"),
+        ("eval_image_size=24;dataset_options.normalization=per_pixel_mean",
+         "eval_image_size differs from image_size, but per_pixel_mean"),
     ],
 )
 def test_recipe_options_reject_bad_values(override, message):
     qs = os.path.join(ROOT, "configs", "quickstart.py")
     with pytest.raises(ConfigError, match=message):
-        load_config(qs, [override])
+        load_config(qs, override.split(";"))
 
 
 def test_recipe_options_default_off_and_accept_good_values():

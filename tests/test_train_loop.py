@@ -294,6 +294,25 @@ def test_ema_and_accumulation_resume_identically_and_both_weights_are_evaluated(
                                   a["ema"]["params"]["fc"]["kernel"])
 
 
+def test_eval_image_size_evaluates_and_records_the_test_size(tmp_path, capsys):
+    from resnet_jax.inference import load_run
+    from resnet_jax.training import evaluate
+
+    workdir = str(tmp_path / "run")
+    summary = train_and_evaluate(
+        tiny_config("eval_image_size=12", "num_train_steps=2", "eval_every_epochs=0"), workdir
+    )
+    assert load_run(workdir).spec.image_size == 12  # inference uses the test size too
+    capsys.readouterr()
+    results = {}
+    for size in ("12", "8"):  # the recorded size reproduces the run's own evaluation
+        assert evaluate.main(["--workdir", workdir, "--image_size", size]) == 0
+        out = capsys.readouterr().out.strip().splitlines()[-1]
+        results[size] = json.loads(out[len("result: "):])
+    assert results["12"]["loss"] == pytest.approx(summary["eval_loss"], abs=1e-6)
+    assert results["8"]["loss"] != pytest.approx(summary["eval_loss"], abs=1e-6)
+
+
 def test_runs_without_ema_keep_their_checkpoint_tree_and_refuse_ema_weights(straight, capsys):
     from resnet_jax.training import evaluate
 

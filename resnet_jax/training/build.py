@@ -38,6 +38,11 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, precision:
     )
 
 
+def eval_image_size(config: ml_collections.ConfigDict) -> int:
+    """The evaluation input size: ``config.eval_image_size``, or the training size if 0."""
+    return config.eval_image_size or config.image_size
+
+
 def _data_options(config: ml_collections.ConfigDict, spec_options: dict[str, Any] | None):
     options = config.dataset_options.to_dict()
     options.update(spec_options or {})
@@ -80,6 +85,7 @@ def create_datasets(
     )
     # The eval stream uses the training stream's statistics (never those of the eval split).
     common["normalization_stats"] = train_ds.normalization
+    common["image_size"] = eval_image_size(config)
     eval_ds = data.create_dataset(
         config.dataset,
         config.eval_split,
@@ -120,7 +126,7 @@ def create_eval_dataset(
         split,
         global_batch_size=batch_size,
         train=False,
-        image_size=config.image_size if spec is None else spec.image_size,
+        image_size=eval_image_size(config) if spec is None else spec.image_size,
         eval_view=view or config.eval_view,
         data_dir=config.data_dir or None,
         seed=config.seed,
@@ -153,12 +159,13 @@ def inference_spec(config: ml_collections.ConfigDict, dataset) -> InferenceSpec:
     from resnet_jax.data import eval_views
 
     opts = config.dataset_options
-    crop = opts.get("crop_fraction") or eval_views.default_crop_fraction(config.image_size)
+    size = eval_image_size(config)
+    crop = opts.get("crop_fraction") or eval_views.default_crop_fraction(size)
     return InferenceSpec(
         model=config.model,
         model_kwargs=config.model_kwargs.to_dict(),
         class_names=tuple(dataset.class_names),
-        image_size=config.image_size,
+        image_size=size,
         resize_method=opts.get("resize_method", "bilinear"),
         crop_fraction=float(crop),
         eval_view=config.eval_view,

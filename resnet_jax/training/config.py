@@ -92,6 +92,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.train_split = "train"
     c.eval_split = "validation"
     c.image_size = 224
+    # Evaluation (and the recorded inference) input size; 0 -> image_size. The networks are fully
+    # convolutional, so a larger test size pays ("ResNet strikes back" A3: train 160, test 224).
+    c.eval_image_size = 0
     c.augment = "resnet_paper"
     c.eval_view = "center"
     c.dataset_options = ml_collections.ConfigDict()
@@ -300,6 +303,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in positive:
         if config[key] <= 0:
             raise ConfigError(f"config.{key} must be > 0, got {config[key]}")
+    if config.eval_image_size < 0:
+        raise ConfigError(
+            f"config.eval_image_size must be >= 0 (0: image_size), got {config.eval_image_size}"
+        )
+    if (config.eval_image_size not in (0, config.image_size)
+            and config.dataset_options.get("normalization") == "per_pixel_mean"):
+        raise ConfigError(
+            "config.eval_image_size differs from image_size, but per_pixel_mean normalisation "
+            "subtracts a mean image of the training size; use mean_std or one size"
+        )
     if config.num_train_steps <= 0 and config.num_epochs <= 0:
         raise ConfigError("set config.num_train_steps > 0 or config.num_epochs > 0")
     if config.learning_rate < 0 or config.weight_decay < 0 or config.grad_clip_norm < 0:
