@@ -77,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     elif args.multihost:
         jax.distributed.initialize()  # TPU VM pods, SLURM, ...: detected from the environment
 
-    from resnet_jax.checkpoint import CheckpointMismatchError, CheckpointSaveError, is_disk_full
+    from resnet_jax.checkpoint import (
+        CheckpointDamagedError,
+        CheckpointMismatchError,
+        CheckpointSaveError,
+        NoUsableCheckpointError,
+        is_disk_full,
+    )
     from resnet_jax.data import DataError
     from resnet_jax.fs import WorkdirError
     from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
@@ -86,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     bad_input = (
         DataError, CheckpointMismatchError, CheckpointSaveError, PretrainedError, ConfigError,
         WorkdirError,  # e.g. gs://... without credentials, or an unknown scheme
+        NoUsableCheckpointError, CheckpointDamagedError,
     )
     try:
         summary = train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps)

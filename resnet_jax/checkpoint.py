@@ -9,13 +9,25 @@ removed on the next start.
 
 Restoring checks the saved tree (paths and shapes) against the target first and raises
 :class:`CheckpointMismatchError` listing the differences, instead of a partial load.
+
+Damage (files truncated or deleted by storage faults or interrupted copies, garbled metadata, a
+step directory without orbax's ``commit_success.txt``, a flipped bit) is reported as
+:class:`CheckpointDamagedError`: ``meta`` records a CRC-32 of every array's bytes at save time,
+checked after every full restore. :meth:`Checkpointer.newest_usable_step` is how a resume finds
+the newest checkpoint that reads completely; damaged newer ones are renamed aside
+(``<step>.damaged-<time>``, a name orbax ignores), never deleted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-from collections.abc import Iterator, Mapping
+import json
+import os
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import jax
@@ -30,6 +42,19 @@ PyTree = Any
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model/config it is restored into."""
+
+
+class CheckpointDamagedError(RuntimeError):
+    """A checkpoint step cannot be read completely (files missing or truncated, metadata garbled
+    or inconsistent, no commit marker, or an array whose checksum differs)."""
+
+    def __init__(self, step: int, reason: str):
+        super().__init__(f"step {step}: {reason}")
+        self.step, self.reason = step, reason
+
+
+class NoUsableCheckpointError(ValueError):
+    """Checkpoints exist, but none reads completely."""
 
 
 class CheckpointSaveError(OSError):
@@ -48,6 +73,73 @@ def is_disk_full(error: BaseException) -> bool:
             return True
         error = error.__cause__ or error.__context__
     return False
+
+
+COMMIT_MARKER = "commit_success.txt"  # written by orbax last, in the step and in each item
+CHECKSUMS = "checksums"  # meta key: {"params/conv1/kernel": crc32 of the array's bytes, ...}
+DAMAGED = ".damaged-"  # <step>.damaged-<time>: set aside; orbax's step names are digits only
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else type(error).__name__
+    return line if len(line) <= 200 else line[:200] + "..."
+
+
+def _is_closed_loop_noise(unraisable: Any) -> bool:
+    """tensorstore's callbacks still in flight when a failed orbax read closes its event loop
+    report ``RuntimeError: Event loop is closed`` as unraisable: harmless, but 100s of lines."""
+    error = unraisable.exc_value
+    return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _quiet_closed_loop_noise() -> None:
+    previous = sys.unraisablehook
+    if getattr(previous, "_resnet_jax_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if not _is_closed_loop_noise(unraisable):
+            previous(unraisable)
+
+    hook._resnet_jax_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+def _crc(x: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+
+
+def checksums(tree: PyTree) -> dict[str, int]:
+    """CRC-32 of every (host) array leaf's bytes, by path (zlib's: ~2 GB/s, see
+    benchmarks/checkpoint_integrity.py)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p, simple=True, separator="/"): _crc(x) for p, x in leaves}
+
+
+def _host_copy(x: Any) -> np.ndarray:
+    """One full copy of a restored leaf on the host (a replica's shard for replicated arrays)."""
+    if isinstance(x, jax.Array) and not x.is_fully_replicated:
+        return np.asarray(x) if x.is_fully_addressable else None  # type: ignore[return-value]
+    if isinstance(x, jax.Array):
+        return np.asarray(x.addressable_shards[0].data)
+    return np.asarray(x)
+
+
+def verify_checksums(step: int, tree: PyTree, meta: Mapping[str, Any]) -> None:
+    """Raises CheckpointDamagedError if an array's bytes differ from those saved (checkpoints
+    written before checksums were recorded, and arrays not held whole here, are not checked)."""
+    saved = meta.get(CHECKSUMS)
+    if not saved:
+        return
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    for p, x in leaves:
+        key = jax.tree_util.keystr(p, simple=True, separator="/")
+        if key not in saved:
+            continue
+        host = _host_copy(x)
+        if host is not None and _crc(host) != saved[key]:
+            raise CheckpointDamagedError(step, f"{key} does not match its checksum (bit rot?)")
 
 
 def tree_signature(tree: PyTree) -> dict[str, tuple[int, ...]]:
@@ -140,7 +232,9 @@ class Checkpointer:
         meta: dict[str, Any],
         metrics: dict[str, float] | None = None,
     ) -> None:
-        """Starts saving ``state`` at ``step`` (returns once device arrays are copied)."""
+        """Starts saving ``state`` (host arrays) at ``step``; returns once the arrays are
+        copied. ``meta`` gains the arrays' checksums."""
+        meta = {**meta, CHECKSUMS: checksums(state)}
         with self._write_errors(step):
             self._mgr.save(
                 step,
@@ -174,12 +268,119 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        return self._mgr.restore(
-            step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
-        )["meta"]
+        with self._read_errors(step):
+            meta = self._mgr.restore(
+                step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+            )["meta"]
+            if not isinstance(meta, dict) or meta.get("step", step) != step:
+                raise CheckpointDamagedError(step, "its meta JSON belongs to another step")
+        return meta
 
     def signature(self, step: int) -> dict[str, tuple[int, ...]]:
-        return tree_signature(self._mgr.item_metadata(step)["state"])
+        with self._read_errors(step):
+            return tree_signature(self._mgr.item_metadata(step)["state"])
+
+    def step_path(self, step: int) -> str:
+        return os.path.join(self.directory, str(step))
+
+    def check_files(self, step: int) -> None:
+        """Raises CheckpointDamagedError if ``step``'s commit markers or metadata files are
+        missing or not JSON (cheap: no array data is read)."""
+        root = self.step_path(step)
+        for item in ("", "state", "meta"):
+            if not os.path.exists(os.path.join(root, item, COMMIT_MARKER)):
+                where = f"{item}/" if item else ""
+                raise CheckpointDamagedError(step, f"no {where}{COMMIT_MARKER} (incomplete copy?)")
+        for name in ("_CHECKPOINT_METADATA", "state/_METADATA", "meta/metadata"):
+            try:
+                with open(os.path.join(root, name)) as f:
+                    json.load(f)
+            except (OSError, ValueError) as e:
+                raise CheckpointDamagedError(step, f"{name} unreadable ({_first_line(e)})") from e
+
+    def read_fully(self, step: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Every array of ``step`` as numpy, checksums verified, and its meta: the proof that a
+        step is usable. Raises CheckpointDamagedError otherwise."""
+        if not fs.is_remote(self.directory):
+            self.check_files(step)
+        meta = self.read_meta(step)
+        with self._read_errors(step):
+            md = self._mgr.item_metadata(step)["state"]
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), md)
+            state = self._mgr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(item=md, restore_args=restore_args)
+                ),
+            )["state"]
+        verify_checksums(step, state, meta)
+        return state, meta
+
+    def set_aside(self, step: int) -> str:
+        """Renames a damaged step to ``<step>.damaged-<UTC time>`` (kept for inspection; orbax
+        no longer lists it) and returns the new path."""
+        path = self.step_path(step) + DAMAGED + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        os.rename(self.step_path(step), path)
+        self._mgr.reload()
+        return path
+
+    def newest_usable_step(self, log: Callable[[str], None]) -> int | None:
+        """The newest step that reads completely (None if there is no checkpoint). Each newer,
+        damaged step is logged in one line and set aside. Raises NoUsableCheckpointError if
+        checkpoints exist but none reads.
+
+        Multi-process: process 0 reads and renames (the files are shared), then every process
+        takes its answer (one broadcast), so all resume from the same step.
+        """
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            found, error = 0, None
+            if jax.process_index() == 0:
+                try:
+                    found = self._find_usable(log)
+                except NoUsableCheckpointError as e:
+                    found, error = -1, e
+            found = int(multihost_utils.broadcast_one_to_all(np.int64(found)))
+            self._mgr.reload()  # process 0 may have renamed steps
+            if found < 0:
+                raise error or NoUsableCheckpointError(
+                    f"no usable checkpoint in {self.directory}; see process 0's error line")
+            return found or None
+        return self._find_usable(log) or None
+
+    def _find_usable(self, log: Callable[[str], None]) -> int:
+        """``newest_usable_step`` on this process: the step, 0 if none exists, or raises."""
+        failures = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                self.read_fully(step)
+            except CheckpointDamagedError as e:
+                failures.append(e)
+                continue
+            for bad in failures:
+                path = self.set_aside(bad.step)
+                log(f"skipped damaged checkpoint step {bad.step} ({bad.reason}); moved to "
+                    f"{path}; resuming from step {step}")
+            return step
+        if failures:
+            raise NoUsableCheckpointError(
+                f"no usable checkpoint in {self.directory}: "
+                + "; ".join(str(e) for e in failures)
+                + ". Nothing was changed; move the directory away (or use a new --workdir) to "
+                "start over, or restore the files")
+        return 0
+
+    @contextlib.contextmanager
+    def _read_errors(self, step: int) -> Iterator[None]:
+        """Any failure of orbax/tensorstore to read ``step`` becomes CheckpointDamagedError."""
+        _quiet_closed_loop_noise()
+        try:
+            yield
+        except (CheckpointDamagedError, CheckpointMismatchError):
+            raise
+        except Exception as e:
+            raise CheckpointDamagedError(step, _first_line(e)) from e
 
     def restore(self, target: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
         """Restores ``(state, meta)`` into the structure, shapes and shardings of ``target``.
@@ -196,16 +397,18 @@ class Checkpointer:
                 + "; ".join(problems)
                 + ". Use a new --workdir for a different model or config."
             )
-        restored = self._mgr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.PyTreeRestore(
-                    item=target,
-                    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        with self._read_errors(step):
+            restored = self._mgr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=target,
+                        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                    ),
+                    meta=ocp.args.JsonRestore(),
                 ),
-                meta=ocp.args.JsonRestore(),
-            ),
-        )
+            )
+        verify_checksums(step, restored["state"], restored["meta"])
         return restored["state"], restored["meta"]
 
     def wait(self) -> None:
@@ -223,19 +426,13 @@ def load_numpy(directory: str, step: int | None = None) -> tuple[dict[str, Any],
     """Reads a checkpoint as nested dicts of numpy arrays, without a target (for tools/tests).
 
     ``step=None`` takes the latest. Returns ``(state, meta)``.
+    Raises CheckpointDamagedError if the step does not read completely.
     """
     ckpt = Checkpointer(directory, read_only=True, async_save=False, keep_best=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
-    meta = ckpt.read_meta(step)
-    md = ckpt._mgr.item_metadata(step)["state"]
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), md)
-    state = ckpt._mgr.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item=md, restore_args=restore_args)
-        ),
-    )["state"]
-    ckpt.close()
-    return state, meta
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {directory}")
+        return ckpt.read_fully(step)
+    finally:
+        ckpt.close()

@@ -143,7 +143,7 @@ def load_run(path: str, step: str | int = "latest") -> Run:
     """Reads a run's checkpoint: ``path`` is a workdir or its ``checkpoints`` directory (or
     ``PATH@STEP``); ``step`` is "latest", "best" or a number. Raises :class:`RunError` with
     what to do when there is no such checkpoint."""
-    from resnet_jax.checkpoint import Checkpointer, load_numpy
+    from resnet_jax.checkpoint import CheckpointDamagedError, Checkpointer
     from resnet_jax.training.config import config_from_dict
 
     if isinstance(step, str) and step == "latest":
@@ -159,14 +159,23 @@ def load_run(path: str, step: str | int = "latest") -> Run:
         chosen = ckpt.best_step()
     else:
         chosen = int(step) if int(step) in steps else None
-    ckpt.close()
     if chosen is None:
+        ckpt.close()
         have = f"it has steps {sorted(steps)}" if steps else "it has no checkpoint yet"
         raise RunError(
             f"no {step} checkpoint in {directory} ({have}); train first, or name an existing "
             "step as PATH@STEP"
         )
-    state, meta = load_numpy(directory, chosen)
+    try:
+        state, meta = ckpt.read_fully(chosen)
+    except CheckpointDamagedError as e:
+        readable = _readable_steps(ckpt, [s for s in steps if s != chosen])
+        raise RunError(
+            f"checkpoint {directory} step {chosen} is damaged ({e.reason}); readable steps: "
+            f"{readable or 'none'}" + ("; choose one as PATH@STEP" if readable else "")
+        ) from None
+    finally:
+        ckpt.close()
     config = config_from_dict(meta["config"])
     if "inference" in meta:
         spec = InferenceSpec.from_json(meta["inference"])
@@ -174,6 +183,20 @@ def load_run(path: str, step: str | int = "latest") -> Run:
         spec = spec_from_training_data(config)
     variables = {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
     return Run(spec=spec, variables=variables, step=chosen, config=config, directory=directory)
+
+
+def _readable_steps(ckpt: Any, steps: list[int]) -> list[int]:
+    """Those of ``steps`` that read completely (each is read in full, newest first)."""
+    from resnet_jax.checkpoint import CheckpointDamagedError
+
+    readable = []
+    for step in sorted(steps, reverse=True):
+        try:
+            ckpt.read_fully(step)
+        except CheckpointDamagedError:
+            continue
+        readable.append(step)
+    return sorted(readable)
 
 
 def spec_from_training_data(config: Any) -> InferenceSpec:
