@@ -24,6 +24,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import sys
 import time
 import zlib
@@ -80,10 +81,29 @@ CHECKSUMS = "checksums"  # meta key: {"params/conv1/kernel": crc32 of the array'
 DAMAGED = ".damaged-"  # <step>.damaged-<time>: set aside; orbax's step names are digits only
 
 
-def _first_line(error: BaseException) -> str:
+def _first_line(error: BaseException, limit: int = 300) -> str:
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
-    return line if len(line) <= 200 else line[:200] + "..."
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+_READ_SYMPTOMS = {  # tensorstore's words -> ours
+    "is not valid for value of size": "file shorter than expected (truncated)",
+    "Truncated": "data truncated or missing",
+    "NOT_FOUND": "file missing",
+    "DATA_LOSS": "data corrupt",
+}
+
+
+def describe_read_error(error: BaseException) -> str:
+    """One short line for an orbax/tensorstore read failure: which array, what symptom."""
+    text = _first_line(error)
+    array = re.search(r'Error reading "([^"/]+)', text)
+    if array is None:
+        return text
+    symptom = next((ours for theirs, ours in _READ_SYMPTOMS.items() if theirs in str(error)),
+                   text.split(":")[0])
+    return f"cannot read {array.group(1).replace('.', '/')}: {symptom}"
 
 
 def _is_closed_loop_noise(unraisable: Any) -> bool:
@@ -380,7 +400,7 @@ class Checkpointer:
         except (CheckpointDamagedError, CheckpointMismatchError):
             raise
         except Exception as e:
-            raise CheckpointDamagedError(step, _first_line(e)) from e
+            raise CheckpointDamagedError(step, describe_read_error(e)) from e
 
     def restore(self, target: PyTree, step: int | None = None) -> tuple[PyTree, dict[str, Any]]:
         """Restores ``(state, meta)`` into the structure, shapes and shardings of ``target``.
