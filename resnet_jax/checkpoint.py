@@ -349,28 +349,40 @@ class Checkpointer:
         damaged step is logged in one line and set aside. Raises NoUsableCheckpointError if
         checkpoints exist but none reads.
 
-        Multi-process: process 0 reads and renames (the files are shared), then every process
-        takes its answer (one broadcast), so all resume from the same step.
+        Multi-process: every process reads the same (shared) steps in the same order (orbax's
+        restores are collective), then all take the oldest of their answers (one all-gather), so
+        they resume from the same step; process 0 renames and logs.
         """
+        usable, failures = self._scan()
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
-            found, error = 0, None
-            if jax.process_index() == 0:
-                try:
-                    found = self._find_usable(log)
-                except NoUsableCheckpointError as e:
-                    found, error = -1, e
-            found = int(multihost_utils.broadcast_one_to_all(np.int64(found)))
-            self._mgr.reload()  # process 0 may have renamed steps
-            if found < 0:
-                raise error or NoUsableCheckpointError(
-                    f"no usable checkpoint in {self.directory}; see process 0's error line")
-            return found or None
-        return self._find_usable(log) or None
+            usable = int(np.min(multihost_utils.process_allgather(np.int64(usable))))
+        if not usable:
+            if failures:
+                raise NoUsableCheckpointError(
+                    f"no usable checkpoint in {self.directory}: "
+                    + "; ".join(str(e) for e in failures)
+                    + ". Nothing was changed; move the directory away (or use a new --workdir) "
+                    "to start over, or restore the files")
+            return None
+        reasons = {e.step: e.reason for e in failures}
+        newer = [s for s in self.all_steps() if s > usable]
+        if newer and jax.process_index() == 0:
+            for step in newer:
+                path = self.set_aside(step)
+                reason = reasons.get(step, "unreadable on another process")
+                log(f"skipped damaged checkpoint step {step} ({reason}); moved to {path}; "
+                    f"resuming from step {usable}")
+        if newer and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
 
-    def _find_usable(self, log: Callable[[str], None]) -> int:
-        """``newest_usable_step`` on this process: the step, 0 if none exists, or raises."""
+            multihost_utils.sync_global_devices("resnet_jax_checkpoints_set_aside")
+            self._mgr.reload()
+        return usable
+
+    def _scan(self) -> tuple[int, list[CheckpointDamagedError]]:
+        """(the newest step that reads completely or 0, the failures of newer ones)."""
         failures = []
         for step in sorted(self.all_steps(), reverse=True):
             try:
@@ -378,18 +390,8 @@ class Checkpointer:
             except CheckpointDamagedError as e:
                 failures.append(e)
                 continue
-            for bad in failures:
-                path = self.set_aside(bad.step)
-                log(f"skipped damaged checkpoint step {bad.step} ({bad.reason}); moved to "
-                    f"{path}; resuming from step {step}")
-            return step
-        if failures:
-            raise NoUsableCheckpointError(
-                f"no usable checkpoint in {self.directory}: "
-                + "; ".join(str(e) for e in failures)
-                + ". Nothing was changed; move the directory away (or use a new --workdir) to "
-                "start over, or restore the files")
-        return 0
+            return step, failures
+        return 0, failures
 
     @contextlib.contextmanager
     def _read_errors(self, step: int) -> Iterator[None]:

@@ -186,3 +186,83 @@ def test_no_checkpoint_at_all_is_a_fresh_start(tmp_path):
         directory = str(tmp_path / "c2")
         os.makedirs(os.path.join(directory, "3"))
         Checkpointer(directory, async_save=False).newest_usable_step(print)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices):
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("RESNET_JAX_WORKER", None)
+    return env
+
+
+HEARTBEAT_S = 4  # the test's bound; the default (100 s) suits TPU pods
+
+
+@pytest.mark.parametrize("victim", [1, 0])
+def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
+    """2 processes x 2 CPU devices; one is killed (process group: supervisor and worker, as a
+    lost machine) mid-run; the other exits with status 75 and one error line within the bound
+    (at once when process 0, the coordinator, is lost); the same command then resumes and
+    finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from resnet_jax.training.peers import EXIT_LOST_PEER, GRACE_S
+
+    workdir = str(tmp_path / "mp")
+    steps = 60
+    config = [o for o in TINY if not o.startswith(("num_train_steps", "checkpoint_every"))]
+    base = [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
+            "--workdir", workdir, "--heartbeat_timeout_seconds", str(HEARTBEAT_S)] + [
+        f"--config.{o}" for o in config + [f"num_train_steps={steps}",
+                                           "checkpoint_every_steps=10"]]
+
+    def start(port):
+        return [
+            subprocess.Popen(
+                base + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
+                        "--process_id", str(i)],
+                env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                start_new_session=True)
+            for i in range(2)
+        ]
+
+    procs = start(_free_port())
+    for line in procs[0].stdout:  # process 0 logs every step
+        if line.startswith("step 25/"):
+            break
+    killed_at = time.monotonic()
+    os.killpg(procs[victim].pid, signal.SIGKILL)
+    survivor = procs[1 - victim]
+    _, err = survivor.communicate(timeout=HEARTBEAT_S + GRACE_S + 30)
+    took = time.monotonic() - killed_at
+    procs[victim].wait()
+    assert survivor.returncode == EXIT_LOST_PEER, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert errors == [
+        f"error: lost process {victim}" + (" (the coordinator)" if victim == 0 else "")
+        + f" of 2; process {1 - victim} stopped too. Run the same command on every process to "
+        "resume from the last checkpoint"], err[-3000:]
+    trace = ("Traceback", "Check failure stack trace", "SetError", "Terminating process")
+    assert not [line for line in lines if any(t in line for t in trace)], err[-3000:]
+    assert took < HEARTBEAT_S + GRACE_S, took
+    if victim == 0:
+        return  # resuming is the same whichever process was lost
+    # The same command on both processes resumes from the last checkpoint and finishes.
+    procs = start(_free_port())
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
+    assert "resumed from step 20" in outs[0][0] or "resumed from step 30" in outs[0][0]
+    assert json.loads(outs[0][0].strip().splitlines()[-1][len("final: "):])["step"] == steps
