@@ -205,9 +205,12 @@ class Checkpointer:
         keep_best: bool = True,
         async_save: bool = True,
         read_only: bool = False,
+        checksums: bool = True,
     ):
+        """``checksums=False``: neither record nor verify them (to measure their cost)."""
         # gs://... is passed to orbax unchanged: it reads and writes GCS itself (etils.epath).
         self.directory = fs.absolute(directory)
+        self.checksums = checksums
         keepers: list = [policies.LatestN(n=keep)]
         if keep_best:
             keepers.append(
@@ -254,7 +257,8 @@ class Checkpointer:
     ) -> None:
         """Starts saving ``state`` (host arrays) at ``step``; returns once the arrays are
         copied. ``meta`` gains the arrays' checksums."""
-        meta = {**meta, CHECKSUMS: checksums(state)}
+        if self.checksums:
+            meta = {**meta, CHECKSUMS: checksums(state)}
         with self._write_errors(step):
             self._mgr.save(
                 step,
@@ -333,7 +337,8 @@ class Checkpointer:
                     state=ocp.args.PyTreeRestore(item=md, restore_args=restore_args)
                 ),
             )["state"]
-        verify_checksums(step, state, meta)
+        if self.checksums:
+            verify_checksums(step, state, meta)
         return state, meta
 
     def set_aside(self, step: int) -> str:
@@ -430,7 +435,8 @@ class Checkpointer:
                     meta=ocp.args.JsonRestore(),
                 ),
             )
-        verify_checksums(step, restored["state"], restored["meta"])
+        if self.checksums:
+            verify_checksums(step, restored["state"], restored["meta"])
         return restored["state"], restored["meta"]
 
     def wait(self) -> None:
