@@ -266,3 +266,23 @@ def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
     assert "resumed from step 20" in outs[0][0] or "resumed from step 30" in outs[0][0]
     assert json.loads(outs[0][0].strip().splitlines()[-1][len("final: "):])["step"] == steps
+
+
+def test_lost_process_is_named_from_the_services_words():
+    from resnet_jax.training.peers import lost_peer_message, lost_processes
+
+    # As JAX 0.10.2's coordination service and agent write them (stderr of the survivors).
+    service = ("E1204 05:14:31.072551 coordination_service.cc:1549] Use error polling to "
+               "propagate the following error to all tasks: UNAVAILABLE: The following tasks "
+               "are unhealthy (stopped sending heartbeats):\n2\nThe tasks have crashed.")
+    assert lost_processes(service, process_id=0) == [2]
+    assert lost_processes("INTERNAL: Barrier failed because: task is set to ERROR: "
+                          "UNAVAILABLE: Task 1 heartbeat timeout.", process_id=0) == [1]
+    agent = ("Additional GRPC error information from remote target coordination_service while "
+             "calling /xla.coordination.CoordinationService/PollForError:\n:UNKNOWN:Error "
+             'received from peer  {grpc_message:"Socket closed", grpc_status:14}')
+    assert lost_processes(agent, process_id=3) == [0]
+    assert lost_processes("Gloo AllGather failed: Connection closed by peer", 1) == []
+    assert lost_peer_message([], -1, 0) == (
+        "error: lost another process (see the other processes' logs); this process stopped "
+        "too. Run the same command on every process to resume from the last checkpoint")

@@ -95,8 +95,9 @@ def supervise(argv: Sequence[str], *, process_id: int, num_processes: int,
     env = {**os.environ, WORKER_ENV: "1"}
     child = subprocess.Popen([sys.executable, *argv], env=env, stderr=subprocess.PIPE,
                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-    for sig in (signal.SIGTERM, signal.SIGINT):  # preemption and Ctrl-C reach the worker
-        signal.signal(sig, lambda s, _: child.send_signal(s))
+    # Preemption (SIGTERM) reaches the worker; Ctrl-C reaches it from the terminal directly.
+    signal.signal(signal.SIGTERM, lambda s, _: child.send_signal(s))
+    signal.signal(signal.SIGINT, lambda s, _: None)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=_read_lines, args=(child.stderr, lines), daemon=True).start()
     out = sys.stderr.buffer
