@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
     if (args.coordinator_address or args.multihost) and not os.environ.get(peers.WORKER_ENV):
         # A lost peer makes JAX abort this process from C++: train in a child, report one line.
-        return peers.supervise([os.path.abspath(__file__), *argv], process_id=args.process_id,
-                         num_processes=args.num_processes,
-                         heartbeat_timeout_s=args.heartbeat_timeout_seconds)
+        return peers.supervise(
+            [os.path.abspath(__file__), *argv], process_id=args.process_id,
+            num_processes=args.num_processes, heartbeat_timeout_s=args.heartbeat_timeout_seconds,
+        )
     from resnet_jax.training.config import ConfigError, load_config
     from resnet_jax.training.xla_flags import apply_xla_flags
 

@@ -344,8 +344,16 @@ class Checkpointer:
     def set_aside(self, step: int) -> str:
         """Renames a damaged step to ``<step>.damaged-<UTC time>`` (kept for inspection; orbax
         no longer lists it) and returns the new path."""
+        from etils import epath  # orbax's paths: local, or gs:// where the store can rename
+
         path = self.step_path(step) + DAMAGED + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        os.rename(self.step_path(step), path)
+        try:
+            epath.Path(self.step_path(step)).rename(path)
+        except Exception as e:
+            raise NoUsableCheckpointError(
+                f"checkpoint step {step} in {self.directory} is damaged and cannot be renamed "
+                f"aside ({_first_line(e)}); move {self.step_path(step)} away by hand and run the "
+                "same command again") from e
         self._mgr.reload()
         return path
 

@@ -31,12 +31,14 @@ DEFAULT_HEARTBEAT_TIMEOUT_S = 100  # JAX's default, chosen for TPU pods (slow ho
 GRACE_S = 10  # after the first sign of a lost peer, how long the service may take to name it
 HOLD_S = 2.0  # how long a traceback or C++ error line is held back, in case a lost peer follows
 
-# Lines that show a peer is gone (the coordination service's verdict, or a collective whose
-# peer closed its connection).
+# Lines that show a peer is gone: the coordination service's verdict, or a gloo collective
+# whose peer closed its connection (specific: other "connection reset" lines, say of a dataset
+# read, must not stop a healthy run).
 _LOST = re.compile(
     r"Terminating process because the JAX distributed service detected fatal errors"
-    r"|heartbeat timeout|stopped sending heartbeats|Polled an error from coordination service"
-    r"|Connection closed by peer|Connection reset by peer"
+    r"|Task \d+ heartbeat timeout|stopped sending heartbeats"
+    r"|Polled an error from coordination service"
+    r"|Gloo .* failed: .*Connection (closed|reset) by peer"
 )
 _NAMED = (
     re.compile(r"Task (\d+) heartbeat timeout"),
