@@ -247,6 +247,7 @@ def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
     survivor = procs[1 - victim]
     _, err = survivor.communicate(timeout=HEARTBEAT_S + GRACE_S + 30)
     took = time.monotonic() - killed_at
+    print(f"process {1 - victim} exited {took:.1f} s after process {victim} was killed")
     procs[victim].wait()
     assert survivor.returncode == EXIT_LOST_PEER, err[-3000:]
     lines = [line for line in err.splitlines() if line.strip()]
