@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import re
 import sys
@@ -113,10 +114,20 @@ def _is_closed_loop_noise(unraisable: Any) -> bool:
     return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
 
 
+def _is_unretrieved_read_error(record: logging.LogRecord) -> bool:
+    """asyncio's "Task exception was never retrieved" for the sibling reads of a failed one
+    (logged when the task is collected, maybe at exit): the failure was already reported."""
+    error = record.exc_info[1] if record.exc_info else None
+    return str(record.msg).startswith("Task exception was never retrieved") and (
+        "tensorstore_spec" in str(error))
+
+
 def _quiet_closed_loop_noise() -> None:
+    """Silences the echoes of a failed tensorstore read (only those)."""
     previous = sys.unraisablehook
     if getattr(previous, "_resnet_jax_quiet", False):
         return
+    logging.getLogger("asyncio").addFilter(lambda r: not _is_unretrieved_read_error(r))
 
     def hook(unraisable: Any) -> None:
         if not _is_closed_loop_noise(unraisable):
