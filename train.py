@@ -6,14 +6,33 @@
 Running the same command again resumes from the newest checkpoint in --workdir. The last line
 on stdout is ``final: {json}`` (step, eval_top1, eval_top5, wall_s, ...). Multi-host: on TPU VMs
 pass --multihost on every worker; elsewhere pass --coordinator_address/--num_processes/
---process_id to each process. See docs/training.md.
+--process_id to each process. If a process is lost, the others stop within
+--heartbeat_timeout_seconds (+10 s) with one ``error:`` line and exit status 75; the same
+command resumes. See docs/training.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
 import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _peers():
+    """resnet_jax/training/peers.py by itself: the supervising process stays light (importing
+    it through its packages would load JAX and TensorFlow)."""
+    spec = importlib.util.spec_from_file_location(
+        "_resnet_jax_peers", os.path.join(HERE, "resnet_jax", "training", "peers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+peers = _peers()
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -30,6 +49,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--coordinator_address", default="", help="host:port of process 0")
     parser.add_argument("--num_processes", type=int, default=0)
     parser.add_argument("--process_id", type=int, default=-1)
+    parser.add_argument(
+        "--heartbeat_timeout_seconds",
+        type=int,
+        default=peers.DEFAULT_HEARTBEAT_TIMEOUT_S,
+        help="multi-process: a process silent this long is declared lost, and every other one "
+        "stops with one error line (JAX's default, suits TPU pods)",
+    )
     parser.add_argument(
         "--stop_after_steps",
         type=int,
@@ -52,7 +78,14 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args, overrides = parse_args(argv)
+    if (args.coordinator_address or args.multihost) and not os.environ.get(peers.WORKER_ENV):
+        # A lost peer makes JAX abort this process from C++: train in a child, report one line.
+        return peers.supervise(
+            [os.path.abspath(__file__), *argv], process_id=args.process_id,
+            num_processes=args.num_processes, heartbeat_timeout_s=args.heartbeat_timeout_seconds,
+        )
     from resnet_jax.training.config import ConfigError, load_config
     from resnet_jax.training.xla_flags import apply_xla_flags
 
@@ -73,11 +106,19 @@ def main(argv: list[str] | None = None) -> int:
             coordinator_address=args.coordinator_address,
             num_processes=args.num_processes,
             process_id=args.process_id,
+            heartbeat_timeout_seconds=args.heartbeat_timeout_seconds,
         )
     elif args.multihost:
-        jax.distributed.initialize()  # TPU VM pods, SLURM, ...: detected from the environment
+        # TPU VM pods, SLURM, ...: detected from the environment.
+        jax.distributed.initialize(heartbeat_timeout_seconds=args.heartbeat_timeout_seconds)
 
-    from resnet_jax.checkpoint import CheckpointMismatchError, CheckpointSaveError, is_disk_full
+    from resnet_jax.checkpoint import (
+        CheckpointDamagedError,
+        CheckpointMismatchError,
+        CheckpointSaveError,
+        NoUsableCheckpointError,
+        is_disk_full,
+    )
     from resnet_jax.data import DataError
     from resnet_jax.fs import WorkdirError
     from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
@@ -86,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     bad_input = (
         DataError, CheckpointMismatchError, CheckpointSaveError, PretrainedError, ConfigError,
         WorkdirError,  # e.g. gs://... without credentials, or an unknown scheme
+        NoUsableCheckpointError, CheckpointDamagedError,
     )
     try:
         summary = train_and_evaluate(config, args.workdir, stop_after_steps=args.stop_after_steps)

@@ -14,12 +14,13 @@ imagenette2 or imagenette2-320 archive, unpacked):
 
 Variants "<E>ep_<S>": E epochs at S px, the modern recipe of docs/recipes.md: ResNet-50-D
 (fastai's xresnet50 is the same stem and shortcut) with zero-initialised residual BN gammas;
-AdamW with the betas and eps of fastai's Ranger (0.95/0.99, 1e-6) at lr 4e-3 for batch 64
-(our choice) after a 0.3-epoch warm-up, flat for 75% of training then cosine (fastai's
-fit_flat_cos); decoupled weight decay 0.01 (fastai's), none on BN and biases; label smoothing 0.1; random-resized crops of 35-100%
-of the image (fastai's Imagenette scale) and flips. The leaderboard's rules hold: no test-time
-augmentation, tested at the training size (centre crop). "baseline": ResNet-18 with the
-ImageNet recipe (SGD, lr 0.1 x 64/256, half an epoch of warm-up, cosine; inception crops).
+AdamW with the betas and eps of fastai's Ranger (0.95/0.99, 1e-6) at lr 4e-3 for batch 64 (our
+choice) after a 0.3-epoch warm-up, flat for 75% of training then cosine (fastai's fit_flat_cos);
+decoupled weight decay 0.01 (fastai's), none on BN and biases; label smoothing 0.1; random-
+resized crops of 35-100% of the image (fastai's Imagenette scale) and flips. The leaderboard's
+rules hold: no test-time augmentation, tested at the training size (centre crop). "baseline":
+ResNet-18 with the ImageNet recipe (SGD, lr 0.1 x 64/256, half an epoch of warm-up, cosine;
+inception crops).
 
 Hardware and expected results: see docs/recipes.md#imagenette-against-fastais-leaderboard
 (2 CPU cores; the leaderboard's 5-epoch / 128 px entry is 85.77%, 20 epochs 91.57%).

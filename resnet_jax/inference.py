@@ -60,7 +60,7 @@ def load_run(path: str, step: str | int = "latest", weights: str | None = None) 
     ``PATH@STEP``); ``step`` is "latest", "best" or a number. Raises :class:`RunError` with
     what to do when there is no such checkpoint."""
     # Imported on use (they import orbax and optax; ``import resnet_jax`` stays light).
-    from resnet_jax.checkpoint import Checkpointer, load_numpy
+    from resnet_jax.checkpoint import CheckpointDamagedError, Checkpointer
     from resnet_jax.training.config import config_from_dict
 
     if isinstance(step, str) and step == "latest":
@@ -76,14 +76,23 @@ def load_run(path: str, step: str | int = "latest", weights: str | None = None) 
         chosen = ckpt.best_step()
     else:
         chosen = int(step) if int(step) in steps else None
-    ckpt.close()
     if chosen is None:
+        ckpt.close()
         have = f"it has steps {sorted(steps)}" if steps else "it has no checkpoint yet"
         raise RunError(
             f"no {step} checkpoint in {directory} ({have}); train first, or name an existing "
             "step as PATH@STEP"
         )
-    state, meta = load_numpy(directory, chosen)
+    try:
+        state, meta = ckpt.read_fully(chosen)
+    except CheckpointDamagedError as e:
+        readable = _readable_steps(ckpt, [s for s in steps if s != chosen])
+        raise RunError(
+            f"checkpoint {directory} step {chosen} is damaged ({e.reason}); readable steps: "
+            f"{readable or 'none'}" + ("; choose one as PATH@STEP" if readable else "")
+        ) from None
+    finally:
+        ckpt.close()
     config = config_from_dict(meta["config"])
     if "inference" in meta:
         spec = InferenceSpec.from_json(meta["inference"])
@@ -107,6 +116,20 @@ def _weights(state: dict[str, Any], weights: str, where: str) -> PyTree:
         )
     ema = state["ema"]
     return {"params": ema["params"], "batch_stats": ema.get("batch_stats", {})}
+
+
+def _readable_steps(ckpt: Any, steps: list[int]) -> list[int]:
+    """Those of ``steps`` that read completely (each is read in full, newest first)."""
+    from resnet_jax.checkpoint import CheckpointDamagedError
+
+    readable = []
+    for step in sorted(steps, reverse=True):
+        try:
+            ckpt.read_fully(step)
+        except CheckpointDamagedError:
+            continue
+        readable.append(step)
+    return sorted(readable)
 
 
 def spec_from_training_data(config: Any) -> InferenceSpec:

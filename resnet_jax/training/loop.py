@@ -147,6 +147,8 @@ def _finish(run: Run, end: _End, writer: MetricWriter, t_start: float) -> dict[s
 def _log_start(run: Run, progress: Progress) -> None:
     """The run's header line, init_from's summary and the parameter groups."""
     config = run.config
+    for note in run.resume_notes:
+        progress.log(note)
     progress.log(
         f"{config.model} on {config.dataset}: {run.num_steps} steps ({run.steps_per_epoch}/epoch), "
         f"global batch {config.global_batch_size}, {len(run.dp.devices)} devices "

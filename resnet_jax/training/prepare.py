@@ -49,6 +49,7 @@ class Run:
     steps_per_epoch: int
     meta: dict[str, Any]  # saved beside every checkpoint (with "step")
     init_message: str  # init_from's summary, or why it was ignored; "" if neither
+    resume_notes: tuple[str, ...] = ()  # damaged checkpoints skipped on resume, one line each
 
     @property
     def lead(self) -> bool:
@@ -80,8 +81,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer)
     """Builds the run in ``workdir``, resuming from the newest checkpoint of ``ckpt`` if any."""
     precision = build.resolve_precision(config.precision)
     cfg = to_dict(config)
-    # Resume: the newest complete checkpoint gives the step, and so the data position.
-    start_step = ckpt.latest_step() or 0
+    # Resume: the newest checkpoint that reads completely gives the step, and so the data
+    # position; damaged newer ones are set aside, each with one line.
+    resume_notes: list[str] = []
+    start_step = ckpt.newest_usable_step(resume_notes.append) or 0
     normalization, init_source = _check_resume(config, workdir, ckpt, cfg, start_step)
     if jax.process_index() == 0:
         fs.write_text(fs.join(workdir, "config.json"), json.dumps(cfg, indent=2))
@@ -139,6 +142,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer)
         state=state, train_step=dp.train_step(train_fn), eval_step=dp.eval_step(eval_fn),
         lr_fn=lr_fn, precision=precision, start_step=start_step, num_steps=num_steps,
         steps_per_epoch=steps_per_epoch, meta=meta, init_message=init_message,
+        resume_notes=tuple(resume_notes),
     )
 
 
