@@ -13,6 +13,7 @@ smoothing, no EMA, no stochastic depth. BN and biases get no weight decay (as ti
 ``filter_bias_and_bn``). Data: tfds "imagenet2012" (manual download, see docs/training.md);
 --config.data_dir=<tfds data_dir>.
 
+Hardware: 8 accelerators (the paper trained on 4 V100s; 100 epochs of ResNet-50 at 160 px).
 Expected: 78.1% ImageNet top-1 at 224 px (the paper's A3 figure, timm's ``resnet50.a3_in1k``).
 Not run in this repository (no ImageNet, no accelerator here); every ingredient is an option
 documented in docs/recipes.md and tested there on small data.

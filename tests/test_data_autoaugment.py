@@ -11,7 +11,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from resnet_jax import data
 from resnet_jax.data import autoaugment as aa
-from resnet_jax.data.presets import AutoAugmentPolicy, parse_auto_augment
+from resnet_jax.data.policy import AutoAugmentPolicy, parse_auto_augment
 from resnet_jax.training.config import ConfigError, default_config, validate
 
 RNG = np.random.RandomState(0)

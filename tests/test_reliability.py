@@ -15,30 +15,8 @@ import numpy as np
 import pytest
 
 from resnet_jax.checkpoint import Checkpointer, NoUsableCheckpointError, load_numpy
-from resnet_jax.training.config import load_config
 from resnet_jax.training.loop import train_and_evaluate
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
-N = 8
-TINY = [
-    "model_kwargs.stage_sizes=(1, 1, 1)",
-    "model_kwargs.stage_widths=(4, 8, 8)",
-    "model_kwargs.stem_width=4",
-    "image_size=8",
-    "global_batch_size=16",
-    f"num_train_steps={N}",
-    "warmup=none",
-    "log_every_steps=1",
-    "checkpoint_every_steps=2",
-    "keep_checkpoints=10",
-    "eval_every_epochs=0",
-    "progress_bar=off",
-]
-
-
-def tiny_config(*extra):
-    return load_config(QUICKSTART, TINY + list(extra))
+from tests.test_train_loop import QUICKSTART, ROOT, TINY, N, tiny_config
 
 
 @pytest.fixture(scope="module")

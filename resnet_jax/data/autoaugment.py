@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from resnet_jax.data.augment import split_seed
 from resnet_jax.data.host_tf import tf
-from resnet_jax.data.presets import AutoAugmentPolicy
+from resnet_jax.data.policy import AutoAugmentPolicy
 
 LEVEL_DENOM = 10.0  # timm's _LEVEL_DENOM: magnitude m maps to the fraction m / 10 of each range
 TRIVIAL_BINS = 31  # torchvision TrivialAugmentWide's num_magnitude_bins

@@ -398,7 +398,7 @@ def _validate_mixing_and_loss(config: ml_collections.ConfigDict) -> None:
 
 def _validate_host_augment(options: ml_collections.ConfigDict) -> None:
     """dataset_options.auto_augment (a policy string) and random_erasing (a probability)."""
-    from resnet_jax.data.presets import parse_auto_augment  # no TensorFlow import
+    from resnet_jax.data.policy import parse_auto_augment  # no TensorFlow import
 
     try:
         parse_auto_augment(options.get("auto_augment", ""))
