@@ -333,7 +333,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     optim.check_regex("frozen", config.frozen)
     optim.parse_lr_multipliers(config.lr_multipliers)
     _validate_recipe(config)
-    _validate_mixing_and_loss(config)
+    _validate_mixing_and_loss(config, ref)
     xla_flags_for(config.xla_flags)
 
 
@@ -371,7 +371,9 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
         )
 
 
-def _validate_mixing_and_loss(config: ml_collections.ConfigDict) -> None:
+def _validate_mixing_and_loss(
+    config: ml_collections.ConfigDict, ref: ml_collections.ConfigDict
+) -> None:
     """Mixup/CutMix, the loss, and the dataset_options auto_augment / random_erasing."""
     for key in ("mixup_alpha", "cutmix_alpha"):
         if config[key] < 0:
@@ -379,7 +381,6 @@ def _validate_mixing_and_loss(config: ml_collections.ConfigDict) -> None:
     for key in ("mix_prob", "mix_switch_prob"):
         if not 0.0 <= config[key] <= 1.0:
             raise ConfigError(f"config.{key} must be in [0, 1], got {config[key]}")
-    ref = default_config()
     if config.mixup_alpha == 0 and config.cutmix_alpha == 0:
         for key in ("mix_prob", "mix_switch_prob"):
             if config[key] != ref[key]:
