@@ -2,7 +2,9 @@
 
 CIFAR ResNet-20/32/44/56/110/1202 (He et al. 2015, Sec. 4.2: 3x3 stem of 16 channels, stages of
 16/32/64, option A shortcuts: stride-2 subsampling and zero-padded channels, half on each side,
-as resnet_jax's ``shortcut="A"``), and torchvision's ImageNet ResNets from tests/torch_reference.
+as resnet_jax's ``shortcut="A"``), torchvision's ImageNet ResNets from tests/torch_reference, and
+ResNet-D (Bag of Tricks §4.2, timm's ``resnet50d``: deep 3x3 stem of 32/32/64 channels, 2x2
+average pool before the stride-1 projection shortcut).
 """
 
 from __future__ import annotations
@@ -69,11 +71,31 @@ class CifarResNet(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
+
+
+def resnet_d(name: str, num_classes: int) -> torch_reference.ResNet:
+    """torchvision's ResNet turned into ResNet-D, as resnet_jax's ``stem="deep", avg_down=True``."""
+    net = torch_reference.build(name.removesuffix("d"), num_classes)
+    net.conv1 = nn.Sequential(*_conv_bn_relu(3, 32, 2), *_conv_bn_relu(32, 32, 1),
+                              nn.Conv2d(32, 64, 3, 1, 1, bias=False))
+    for stage in (net.layer2, net.layer3, net.layer4):
+        conv = stage[0].downsample[0]
+        stage[0].downsample = nn.Sequential(
+            nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+            nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False),
+            stage[0].downsample[1])
+    return net
+
+
 def build(name: str, num_classes: int) -> nn.Module:
     """The PyTorch network with resnet_jax's architecture for ``name``."""
     if name in CIFAR_DEPTHS:
         return CifarResNet(CIFAR_DEPTHS[name], num_classes)
     if name in torch_reference.TORCHVISION:
         return torch_reference.build(name, num_classes)
-    raise ValueError(f"no PyTorch twin for {name!r}; have {sorted(CIFAR_DEPTHS)} and "
-                     f"{sorted(torch_reference.TORCHVISION)}")
+    if name == "resnet50d":
+        return resnet_d(name, num_classes)
+    raise ValueError(f"no PyTorch twin for {name!r}; have {sorted(CIFAR_DEPTHS)}, "
+                     f"{sorted(torch_reference.TORCHVISION)} and resnet50d")

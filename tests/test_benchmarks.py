@@ -3,6 +3,7 @@
 import json
 
 import jax
+import numpy as np
 import pytest
 
 import resnet_jax
@@ -22,6 +23,37 @@ def test_twins_have_the_published_parameter_counts():
         resnet_jax.abstract_variables(flax50, (1, 224, 224, 3))["params"])
     torch20_count = sum(p.numel() for p in torch_resnet.build("resnet20", 10).parameters())
     assert (flax50_count, torch20_count) == (EXACT_PARAMS["resnet50"], EXACT_PARAMS["resnet20"])
+
+
+def test_resnet50d_twin_is_the_same_network():
+    # The leaderboard runs' model (configs/imagenette.py) against PyTorch: timm's parameter count,
+    # and the same logits from the same weights.
+    twin = torch_resnet.build("resnet50d", 5)
+    assert sum(p.numel() for p in torch_resnet.build("resnet50d", 1000).parameters()) == (
+        EXACT_PARAMS["resnet50d"])
+    model = resnet_jax.create_model("resnet50d", num_classes=5)
+    images = jax.random.normal(jax.random.key(0), (2, 72, 72, 3))  # odd maps: ceil-mode pools
+    variables = model.init(jax.random.key(1), images, train=False)
+    leaves, treedef = jax.tree.flatten(variables)  # non-trivial BN statistics and affines
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    variables = jax.tree.unflatten(treedef, [x * (1 + 0.2 * jax.random.normal(k, x.shape)) + 0.05
+                                             for x, k in zip(leaves, keys, strict=True)])
+    # Our names in torchvision's scheme, then timm's Sequential indices for the ResNet-D parts.
+    stem = {"conv1_1": "conv1.0", "bn1_1": "conv1.1", "conv1_2": "conv1.3", "bn1_2": "conv1.4",
+            "conv1_3": "conv1.6"}
+    state = {}
+    for key, value in resnet_jax.to_torchvision("resnet50d", variables).items():
+        head, _, rest = key.partition(".")
+        key = f"{stem.get(head, head)}.{rest}"
+        if head != "layer1" and ".downsample." in key:  # the average pool is downsample.0
+            key = key.replace("downsample.1.", "downsample.2.").replace("downsample.0.",
+                                                                         "downsample.1.")
+        state[key] = torch.from_numpy(np.array(value))
+    twin.load_state_dict(state)  # strict: every key and shape matches
+    ours = model.apply(variables, images, train=False)
+    with torch.no_grad():
+        theirs = twin.eval()(torch.from_numpy(np.array(images).transpose(0, 3, 1, 2)))
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-4, atol=1e-4)
 
 
 def test_train_step_benchmark_row_against_pytorch(tmp_path, capsys):

@@ -21,6 +21,7 @@ import pytest
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError, load_numpy
 from resnet_jax.training.config import load_config
 from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
+from resnet_jax.training.metrics import read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
@@ -248,6 +249,11 @@ def test_evaluate_predict_and_plot_commands(straight, tmp_path, capsys):
     pngs = plot.plot_runs([workdir], str(tmp_path / "plots"))
     assert [os.path.basename(p) for p in pngs] == ["loss.png", "error.png"]
     assert all(open(p, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    rows = read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    per_step = plot._epochs_per_step(rows)  # eval rows have no epoch: placed by this ratio
+    assert [r["step"] * per_step for r in rows if "epoch" in r] == pytest.approx(
+        [r["epoch"] for r in rows if "epoch" in r])
+    assert len(plot.plot_runs([workdir], str(tmp_path / "by_epoch"), x="epoch")) == 2
 
 
 # The EMA (with warm-up) and gradient accumulation (2 micro-batches of 1 per device).

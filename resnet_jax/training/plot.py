@@ -1,6 +1,7 @@
-"""PNG plots of a run's metrics: loss, and train/eval top-1 error, against the step.
+"""PNG plots of a run's metrics: loss, and train/eval top-1 error, against the step or epoch.
 
     python -m resnet_jax.training.plot runs/quickstart      # -> runs/quickstart/plots/*.png
+    python -m resnet_jax.training.plot runs/a runs/b --x epoch --out docs/plots
 
 Several workdirs plot on the same axes (e.g. plain20 vs resnet20, 2015 paper Fig. 6).
 """
@@ -14,8 +15,17 @@ import sys
 from resnet_jax.training.metrics import read_jsonl
 
 
-def plot_runs(workdirs: list[str], out_dir: str) -> list[str]:
-    """Writes loss.png and error.png to ``out_dir``; returns their paths."""
+def _epochs_per_step(rows: list[dict]) -> float:
+    """From the train rows, which log the epoch (eval rows log only the step)."""
+    logged = [r for r in rows if r["split"] == "train" and r.get("epoch")]
+    if not logged:
+        raise ValueError("no train row logs an epoch; plot against the step (--x step)")
+    return logged[-1]["epoch"] / logged[-1]["step"]
+
+
+def plot_runs(workdirs: list[str], out_dir: str, x: str = "step") -> list[str]:
+    """Writes loss.png and error.png to ``out_dir`` against ``x`` ("step" or "epoch"); returns
+    their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,21 +34,24 @@ def plot_runs(workdirs: list[str], out_dir: str) -> list[str]:
     os.makedirs(out_dir, exist_ok=True)
     runs = {os.path.basename(os.path.normpath(w)): read_jsonl(os.path.join(w, "metrics.jsonl"))
             for w in workdirs}
+    scale = {run: _epochs_per_step(rows) if x == "epoch" else 1.0 for run, rows in runs.items()}
     paths = []
     for name, keys, ylabel in (
         ("loss", ("loss",), "cross-entropy loss"),
         ("error", ("error",), "top-1 error"),
     ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for run, rows in runs.items():
+        for color, (run, rows) in enumerate(runs.items()):  # one colour per run
             for split, style in (("train", "--"), ("eval", "-")):
                 key = keys[0]
-                pts = [(r["step"], r[key]) for r in rows if r["split"] == split and key in r]
+                pts = [(r["step"] * scale[run], r[key])
+                       for r in rows if r["split"] == split and key in r]
                 if pts:
                     xs, ys = zip(*pts, strict=True)
-                    ax.plot(xs, ys, style, marker="o" if split == "eval" else None,
+                    ax.plot(xs, ys, style, color=f"C{color % 10}",
+                            marker="o" if split == "eval" else None,
                             markersize=3, label=f"{run} {split}")
-        ax.set_xlabel("step")
+        ax.set_xlabel(x)
         ax.set_ylabel(ylabel)
         if name == "loss":
             ax.set_yscale("log")
@@ -56,9 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("workdirs", nargs="+")
     p.add_argument("--out", help="output directory (default: <first workdir>/plots)")
+    p.add_argument("--x", choices=("step", "epoch"), default="step", help="horizontal axis")
     args = p.parse_args(argv)
     out = args.out or os.path.join(args.workdirs[0], "plots")
-    for path in plot_runs(args.workdirs, out):
+    for path in plot_runs(args.workdirs, out, args.x):
         print(path)
     return 0
 
