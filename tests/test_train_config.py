@@ -184,12 +184,15 @@ def test_runs_saved_before_a_key_existed_still_resume():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("optimizer=adam", r"config.optimizer = 'adam'; choose one of \('sgd', 'adamw', 'lamb'"),
+        ("optimizer=adam", r"config.optimizer = 'adam'; choose one of \('sgd', 'adamw', 'radam'"),
         ("schedule=one_cycle", "config.schedule = 'one_cycle'; choose one of"),
         ("adam_b1=-0.1", r"config.adam_b1 must be in \[0, 1\)"),
         ("adam_b2=1.0", r"config.adam_b2 must be in \[0, 1\)"),
         ("adam_eps=-1e-8", "config.adam_eps must be >= 0"),
         ("lars_trust_coefficient=0", "config.lars_trust_coefficient must be > 0"),
+        ("lookahead_steps=-1", r"config.lookahead_steps must be >= 0 \(0: off"),
+        ("lookahead_alpha=0", r"config.lookahead_alpha must be in \(0, 1\]"),
+        ("lookahead_alpha=1.5", r"config.lookahead_alpha must be in \(0, 1\]"),
         ("flat_fraction=1.5", r"config.flat_fraction must be in \[0, 1\]"),
         ("schedule_power=0", "config.schedule_power must be > 0"),
         ("ema_decay=1.0", r"config.ema_decay must be in \(0, 1\).*or 0 for no EMA"),

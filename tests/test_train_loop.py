@@ -256,11 +256,13 @@ def test_evaluate_predict_and_plot_commands(straight, tmp_path, capsys):
     assert len(plot.plot_runs([workdir], str(tmp_path / "by_epoch"), x="epoch")) == 2
 
 
-# The EMA (with warm-up) and gradient accumulation (2 micro-batches of 1 per device).
-RECIPE = ["ema_decay=0.9", "ema_warmup=true", "grad_accum_steps=2", "inference_weights=ema"]
+# The EMA (with warm-up), gradient accumulation (2 micro-batches of 1 per device) and Ranger
+# (RAdam + Lookahead every 2 steps: the resume after 3 steps falls between two syncs).
+RECIPE = ["ema_decay=0.9", "ema_warmup=true", "grad_accum_steps=2", "inference_weights=ema",
+          "optimizer=radam", "lookahead_steps=2"]
 
 
-def test_ema_and_accumulation_resume_identically_and_both_weights_are_evaluated(
+def test_ema_accumulation_and_ranger_resume_identically_and_both_weights_are_evaluated(
     tmp_path, capsys
 ):
     from resnet_jax.training import evaluate, pretrained
@@ -268,8 +270,9 @@ def test_ema_and_accumulation_resume_identically_and_both_weights_are_evaluated(
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
     summary = train_and_evaluate(tiny_config(*RECIPE), whole)
     log = capsys.readouterr().out
-    assert ("EMA decay 0.9 with warm-up, inference uses ema weights; gradients of 2 "
-            "micro-batches of 8 per optimizer step") in log
+    assert ("optimizer radam; Lookahead every 2 steps, alpha 0.5; EMA decay 0.9 with warm-up, "
+            "inference uses ema weights; gradients of 2 micro-batches of 8 per optimizer step"
+            ) in log
     assert f"ema_top1={summary['eval_ema_top1']:.4f}" in log
     assert train_and_evaluate(tiny_config(*RECIPE), parts, stop_after_steps=3)["step"] == 3
     assert train_and_evaluate(tiny_config(*RECIPE), parts)["step"] == N

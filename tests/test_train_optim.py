@@ -190,7 +190,79 @@ def test_lamb_is_optax_lamb_without_the_mask():
         chex.assert_trees_all_equal(u1, u2)
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "lamb", "lars"])
+def test_radam_matches_liu_et_al_2020_by_hand():
+    """fastai's RAdam step (Liu et al. 2020, Alg. 2), in float64: while rho_t <= 5 (the first 5
+    steps at b2 = 0.99) a plain step of the debiased momentum, then the rectified Adam step;
+    decoupled decay lr * wd * w on the masked (ndim > 1) weights only."""
+    rng = np.random.RandomState(0)
+    w = {"conv": {"kernel": rng.randn(3, 3, 2, 4).astype(np.float32)},
+         "bn": {"scale": rng.randn(4).astype(np.float32)}}
+    lr, b1, b2, eps, wd = 0.01, 0.95, 0.99, 1e-6, 0.01
+    c = _opt_config("radam", learning_rate=lr, weight_decay=wd, adam_b1=b1, adam_b2=b2,
+                    adam_eps=eps, wd_exclude_bn_and_bias=True)
+    tx = _tx(c)
+    params = jax.tree.map(jnp.asarray, w)
+    state = tx.init(params)
+    hand = jax.tree.map(lambda x: x.astype(np.float64), w)
+    m, v = jax.tree.map(np.zeros_like, hand), jax.tree.map(np.zeros_like, hand)
+    rho_inf, plain_steps = 2 / (1 - b2) - 1, 0
+    for t in range(1, 9):
+        g = jax.tree.map(lambda x: rng.randn(*x.shape), w)
+        updates, state = tx.update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g),
+                                   state, params)
+        params = optax.apply_updates(params, updates)
+        rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
+        plain_steps += rho <= 5
+        for key, name in (("conv", "kernel"), ("bn", "scale")):
+            m[key][name] = b1 * m[key][name] + (1 - b1) * g[key][name]
+            v[key][name] = b2 * v[key][name] + (1 - b2) * g[key][name] ** 2
+            m_hat, v_hat = m[key][name] / (1 - b1**t), v[key][name] / (1 - b2**t)
+            if rho > 5:
+                r = np.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+                step = r * m_hat / (np.sqrt(v_hat) + eps)
+            else:
+                step = m_hat
+            decay = wd * hand[key][name] if key == "conv" else 0.0
+            hand[key][name] = hand[key][name] - lr * (step + decay)
+        chex.assert_trees_all_close(params, hand, rtol=2e-5, atol=1e-6)
+    assert plain_steps == 5  # both regimes were exercised
+
+
+def test_lookahead_matches_zhang_et_al_2019_by_hand():
+    """Alg. 1: k inner (fast) steps from the slow weights phi, then phi <- phi + alpha (theta -
+    phi) and theta <- phi. Between syncs the inner update passes through bit for bit; the slow
+    weights and the step count live in the optimizer state, the params keep their tree."""
+    rng = np.random.RandomState(1)
+    w = {"conv": {"kernel": rng.randn(3, 3, 2, 4).astype(np.float32)},
+         "bn": {"scale": rng.randn(4).astype(np.float32)}}
+    lr, k, alpha, mu = 0.1, 3, 0.5, 0.9
+    c = _opt_config("sgd", learning_rate=lr, weight_decay=0.0, momentum=mu, lookahead_steps=k,
+                    lookahead_alpha=alpha)
+    tx, inner = _tx(c), _tx(_opt_config("sgd", learning_rate=lr, weight_decay=0.0, momentum=mu))
+    params = jax.tree.map(jnp.asarray, w)
+    state, inner_state = tx.init(params), inner.init(params)
+    assert jax.tree.structure(state.slow) == jax.tree.structure(params)
+    fast = jax.tree.map(lambda x: x.astype(np.float64), w)
+    slow, velocity = jax.tree.map(np.copy, fast), jax.tree.map(np.zeros_like, fast)
+    for t in range(1, 2 * k + 2):
+        g = jax.tree.map(lambda x: rng.randn(*x.shape).astype(np.float32), w)
+        updates, state = tx.update(jax.tree.map(jnp.asarray, g), state, params)
+        inner_updates, inner_state = inner.update(jax.tree.map(jnp.asarray, g), inner_state,
+                                                  params)
+        if t % k:  # the inner (momentum) step, untouched
+            chex.assert_trees_all_equal(updates, inner_updates)
+        params = optax.apply_updates(params, updates)
+        velocity = jax.tree.map(lambda b, gi: mu * b + gi, velocity, g)
+        fast = jax.tree.map(lambda p, b: p - lr * b, fast, velocity)
+        if t % k == 0:
+            slow = jax.tree.map(lambda s, f: s + alpha * (f - s), slow, fast)
+            fast = jax.tree.map(np.copy, slow)
+        chex.assert_trees_all_close(params, fast, rtol=1e-5, atol=1e-6)
+        chex.assert_trees_all_close(state.slow, slow, rtol=1e-5, atol=1e-6)
+    assert int(state.count) == 2 * k + 1
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "radam", "lamb", "lars"])
 def test_weight_decay_mask_applies_to_every_optimizer(optimizer):
     # Zero gradients: only the decayed (ndim > 1) weights move; BN/bias stay put.
     params = _abstract_params()
@@ -202,7 +274,7 @@ def test_weight_decay_mask_applies_to_every_optimizer(optimizer):
         assert bool(jnp.all(u != 0)) if m else bool(jnp.all(u == 0))
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "lamb", "lars"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "radam", "lamb", "lars"])
 def test_frozen_and_lr_multipliers_work_for_every_optimizer(optimizer):
     params = _abstract_params()
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.2), params)

@@ -28,6 +28,12 @@ ModuleFactory = Callable[..., nn.Module]
 # The activations of the table below: nothing, ReLU, BN, or BN then ReLU.
 NONE, RELU, BN, BN_RELU = "", "relu", "bn", "bn_relu"
 
+# What "ReLU" computes, by name (``activation``): the papers' ReLU, or Mish (Misra 2019), the
+# nonlinearity of fastai's xresnet behind the Imagenette leaderboard, or SiLU.
+NONLINEARITIES: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu, "mish": jax.nn.mish, "silu": nn.silu,
+}
+
 
 class Activation(NamedTuple):
     """Where BN and ReLU sit in one unit (Identity Mappings Fig. 4); between convs: BN-ReLU."""
@@ -73,15 +79,21 @@ def activate(module: nn.Module, y: jax.Array, kind: str, norm: ModuleFactory, bn
              zero_init: bool = False, response: str | None = None) -> jax.Array:
     """Applies one activation of ``Activation``: BN ``bn_name`` (scale zero-initialised with
     ``zero_init``) if ``kind`` has one; sows ``response`` (after BN, before ReLU: the layer
-    responses of 2015 Fig. 7) if given; then ReLU if ``kind`` has one."""
+    responses of 2015 Fig. 7) if given; then ReLU (``module.activation``'s nonlinearity) if
+    ``kind`` has one."""
     if kind in (BN, BN_RELU):
         scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
         y = norm(scale_init=scale_init, name=bn_name)(y)
     if response is not None:
         module.sow("intermediates", response, y)
     if kind in (RELU, BN_RELU):
-        y = nn.relu(y)
+        y = NONLINEARITIES[module.activation](y)
     return y
+
+
+def check_activation(name: str) -> None:
+    if name not in NONLINEARITIES:
+        raise ValueError(f"activation must be one of {tuple(NONLINEARITIES)}, got {name!r}")
 
 
 def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
@@ -132,6 +144,7 @@ class ResidualUnit(nn.Module):
         at init, so the unit starts as (nearly) the identity.
       drop_path_rate: stochastic-depth probability of dropping the branch in training.
       dropout_rate: dropout between the branch's last two convs (Wide ResNet, Zagoruyko 2016 §2.4).
+      activation: the nonlinearity wherever the tables say ReLU, a key of ``NONLINEARITIES``.
       conv: makes each convolution, called as ``conv(features, kernel, strides, groups=...,
         zero_init=..., name=...)``: ``layers.conv`` with the network's ``dtype``,
         ``param_dtype`` and ``impl`` bound (default: float32, ``impl="auto"``).
@@ -153,6 +166,7 @@ class ResidualUnit(nn.Module):
     zero_init_residual: bool = False
     drop_path_rate: float = 0.0
     dropout_rate: float = 0.0
+    activation: str = "relu"
     conv: ModuleFactory = conv
     norm: ModuleFactory = BatchNorm
 
@@ -167,6 +181,7 @@ class ResidualUnit(nn.Module):
             raise ValueError(f"shortcut must be one of {SHORTCUTS}, got {self.shortcut!r}")
         if self.preact not in PREACT_MODES:
             raise ValueError(f"preact must be one of {PREACT_MODES}, got {self.preact!r}")
+        check_activation(self.activation)
         if not self.bottleneck and (self.groups != 1 or self.base_width != 64):
             raise ValueError(
                 "groups/base_width apply to bottleneck units only; widen a basic-block network "

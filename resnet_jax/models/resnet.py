@@ -17,6 +17,7 @@ from resnet_jax.models.blocks import (
     ModuleFactory,
     ResidualUnit,
     activate,
+    check_activation,
 )
 from resnet_jax.models.layers import BatchNorm, ConvImpl, conv
 
@@ -111,6 +112,8 @@ class ResNet(nn.Module):
       width_multiplier: multiplies stage_widths (Wide ResNet's k).
       order, shortcut, stride_in_1x1, avg_down, groups, base_width, zero_init_residual:
         see ``ResidualUnit``.
+      activation: ``relu`` (the papers), ``mish`` (fastai's xresnet) or ``silu``: the
+        nonlinearity of the stem and every unit (``blocks.NONLINEARITIES``).
       bn_momentum, bn_epsilon: BatchNorm running-average momentum (Flax convention: 0.9 equals
         PyTorch's 0.1) and epsilon.
       frozen_bn: every BN (stem and units) normalises with its running statistics in training
@@ -164,6 +167,7 @@ class ResNet(nn.Module):
     in_channels: int = 3
     scan_units: bool = False
     remat: bool = False
+    activation: str = "relu"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     frozen_bn: bool = False
@@ -183,6 +187,7 @@ class ResNet(nn.Module):
             )
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        check_activation(self.activation)
 
     def _parts(self) -> tuple[ModuleFactory, ModuleFactory]:
         """The configured conv and BatchNorm (train mode is bound where they are used)."""
@@ -196,9 +201,9 @@ class ResNet(nn.Module):
     def _stem(self, x: jax.Array, conv: ModuleFactory, norm: ModuleFactory) -> jax.Array:
         if self.stem == "deep":  # ResNet-D: three 3x3 convs replace the 7x7 (Bag of Tricks §4.2)
             x = conv(self.stem_width // 2, 3, 2, name="conv1_1")(x)
-            x = nn.relu(norm(name="bn1_1")(x))
+            x = activate(self, x, BN_RELU, norm, "bn1_1")
             x = conv(self.stem_width // 2, 3, 1, name="conv1_2")(x)
-            x = nn.relu(norm(name="bn1_2")(x))
+            x = activate(self, x, BN_RELU, norm, "bn1_2")
             x = conv(self.stem_width, 3, 1, name="conv1_3")(x)
         elif self.stem == "cifar":  # 2015 §4.2: "the first layer is 3x3 convolutions"
             x = conv(self.stem_width, 3, 1, name="conv1")(x)
@@ -230,7 +235,7 @@ class ResNet(nn.Module):
             bottleneck=self.bottleneck, order=self.order, shortcut=self.shortcut,
             stride_in_1x1=self.stride_in_1x1, avg_down=self.avg_down, groups=self.groups,
             base_width=self.base_width, zero_init_residual=self.zero_init_residual,
-            dropout_rate=self.block_dropout_rate,
+            dropout_rate=self.block_dropout_rate, activation=self.activation,
         )
         total_units = sum(self.stage_sizes)
         done = 0

@@ -126,12 +126,14 @@ def default_config() -> ml_collections.ConfigDict:
     c.warmup_length = 5.0
     c.warmup_lr = 0.01
     # Modern recipe (docs/recipes.md): optimizer, schedules, EMA, accumulation
-    c.optimizer = "sgd"  # sgd (momentum/nesterov above) | adamw | lamb | lars; optim.OPTIMIZERS
-    c.adam_b1 = 0.9  # adamw/lamb first-moment decay (Loshchilov & Hutter 2019; You et al. 2020)
-    c.adam_b2 = 0.999  # adamw/lamb second-moment decay
-    c.adam_eps = 1e-8  # adamw/lamb denominator epsilon (PyTorch AdamW; LAMB's paper uses 1e-6)
+    c.optimizer = "sgd"  # sgd (momentum/nesterov above) | adamw | radam | lamb | lars
+    c.adam_b1 = 0.9  # adamw/radam/lamb first-moment decay (Loshchilov & Hutter 2019)
+    c.adam_b2 = 0.999  # adamw/radam/lamb second-moment decay
+    c.adam_eps = 1e-8  # adamw/radam/lamb epsilon (PyTorch AdamW; LAMB's paper uses 1e-6)
     c.lars_trust_coefficient = 0.001  # LARS eta (You et al. 2017, Alg. 1; MLPerf ResNet)
     c.lars_eps = 0.0  # LARS: added to the trust ratio's denominator
+    c.lookahead_steps = 0  # k > 0: Lookahead (Zhang et al. 2019) syncs the slow weights every k
+    c.lookahead_alpha = 0.5  # Lookahead slow-weight step size; radam + (6, 0.5) = fastai's Ranger
     c.flat_fraction = 0.75  # flat_cosine: peak lr for this fraction of training (fastai)
     c.schedule_power = 2.0  # polynomial: lr * (1 - t)^power after warm-up (MLPerf ResNet LARS)
     c.ema_decay = 0.0  # EMA of params and BN statistics; 0 -> off, else in (0, 1), e.g. 0.9998
@@ -349,6 +351,14 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(
             f"config.lars_trust_coefficient must be > 0 (e.g. 0.001), got "
             f"{config.lars_trust_coefficient}"
+        )
+    if config.lookahead_steps < 0:
+        raise ConfigError(
+            f"config.lookahead_steps must be >= 0 (0: off, e.g. 6), got {config.lookahead_steps}"
+        )
+    if not 0.0 < config.lookahead_alpha <= 1.0:
+        raise ConfigError(
+            f"config.lookahead_alpha must be in (0, 1] (e.g. 0.5), got {config.lookahead_alpha}"
         )
     if not 0.0 <= config.flat_fraction <= 1.0:
         raise ConfigError(f"config.flat_fraction must be in [0, 1], got {config.flat_fraction}")

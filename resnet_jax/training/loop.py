@@ -167,10 +167,14 @@ def _log_start(run: Run, progress: Progress) -> None:
 
 
 def _describe_recipe(config: ml_collections.ConfigDict) -> str:
-    """One line on the non-default optimizer, EMA and accumulation; "" when all are off."""
+    """One line on the non-default optimizer, Lookahead, EMA and accumulation; "" when all are
+    off."""
     parts = []
     if config.optimizer != "sgd":
         parts.append(f"optimizer {config.optimizer}")
+    if config.lookahead_steps > 0:
+        parts.append(f"Lookahead every {config.lookahead_steps} steps, alpha "
+                     f"{config.lookahead_alpha:g}")
     if config.ema_decay > 0:
         warm = " with warm-up" if config.ema_warmup else ""
         parts.append(f"EMA decay {config.ema_decay:g}{warm}, inference uses "

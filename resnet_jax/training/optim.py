@@ -6,7 +6,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -294,6 +294,18 @@ def _adamw_parts(
                         mask=_decay_mask(config))]
 
 
+def _radam_parts(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> list[optax.GradientTransformation]:
+    # Liu et al. 2020: Adam with a rectified variance, plain momentum steps while rho_t < 5 (a
+    # built-in warm-up); decoupled, masked decay as AdamW. With lookahead: fastai's Ranger.
+    return [
+        optax.scale_by_radam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+        optax.add_decayed_weights(config.weight_decay, mask=_decay_mask(config)),
+        optax.scale_by_learning_rate(learning_rate_fn),
+    ]
+
+
 def _lamb_parts(
     config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
 ) -> list[optax.GradientTransformation]:
@@ -324,6 +336,7 @@ def _lars_parts(
 OPTIMIZERS: dict[str, Callable[..., list[optax.GradientTransformation]]] = {
     "sgd": _sgd_parts,
     "adamw": _adamw_parts,
+    "radam": _radam_parts,
     "lamb": _lamb_parts,
     "lars": _lars_parts,
 }
@@ -346,7 +359,17 @@ def create_optimizer(
     (``optax.multi_transform``): frozen ones get a zero update and keep no optimizer state;
     a multiplier group runs the same chain with its updates scaled by its factor (its own
     momentum, so the factor scales the effective learning rate exactly).
+    ``config.lookahead_steps`` k > 0 wraps all of it in Lookahead (k, ``lookahead_alpha``).
     """
+    tx = _partitioned_optimizer(config, learning_rate_fn)
+    if config.lookahead_steps > 0:
+        tx = lookahead(tx, config.lookahead_steps, config.lookahead_alpha)
+    return tx
+
+
+def _partitioned_optimizer(
+    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
     parts = []
     multipliers = parse_lr_multipliers(config.lr_multipliers)
     if not config.frozen and not multipliers:
@@ -376,6 +399,48 @@ def create_optimizer(
         )
     parts.append(optax.multi_transform(groups, labels))
     return optax.chain(*parts)
+
+
+class LookaheadState(NamedTuple):
+    """The inner optimizer's state, the slow weights and the number of inner steps taken."""
+
+    inner: optax.OptState
+    slow: Any
+    count: jax.Array
+
+
+def lookahead(
+    inner: optax.GradientTransformation, sync_period: int, slow_step_size: float
+) -> optax.GradientTransformation:
+    """Lookahead (Zhang et al. 2019, Alg. 1) around ``inner``: the params are the fast weights;
+    every ``sync_period`` inner steps the slow weights move ``slow_step_size`` of the way to them
+    and the fast weights restart there. Written here because ``optax.lookahead`` replaces the
+    params by a (fast, slow) pair; keeping the slow copy in the optimizer state leaves the
+    model's tree (EMA, evaluation, export, checkpoints of params) as it is."""
+
+    def init(params: Any) -> LookaheadState:
+        slow = jax.tree.map(jnp.copy, params)  # its own buffers: the state is donated
+        return LookaheadState(inner.init(params), slow, jnp.zeros([], jnp.int32))
+
+    def update(updates: Any, state: LookaheadState, params: Any = None) -> tuple[Any, Any]:
+        if params is None:
+            raise ValueError("lookahead needs the params in update()")
+        updates, inner_state = inner.update(updates, state.inner, params)
+        count = state.count + 1
+        sync = count % sync_period == 0
+
+        def synced(slow: jax.Array, fast: jax.Array) -> jax.Array:
+            return jnp.where(sync, slow + slow_step_size * (fast - slow), slow)
+
+        fast = optax.apply_updates(params, updates)
+        slow = jax.tree.map(synced, state.slow, fast)
+        # Between syncs the inner update is passed through untouched (bit for bit).
+        updates = jax.tree.map(
+            lambda u, s, p: jnp.where(sync, (s - p).astype(u.dtype), u), updates, slow, params
+        )
+        return updates, LookaheadState(inner_state, slow, count)
+
+    return optax.GradientTransformation(init, update)
 
 
 def one_hot_targets(labels: jax.Array, num_classes: int, label_smoothing: float = 0.0) -> jax.Array:
