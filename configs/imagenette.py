@@ -25,8 +25,9 @@ inception crops).
 Hardware: any; measured on 2 CPU cores (docs/recipes.md#imagenette-against-fastais-leaderboard).
 Expected: the leaderboard's entries are 85.77% (5 epochs, 128 px), 91.57% (20 epochs, 128 px) and
 86.76% (5 epochs, 192 px). Measured (2-core AMD EPYC Zen 4, float32; Imagenette resized to 224 px
-squares): 5ep_128 77.94% (seeds 0, 1: 78.52, 77.35), 58-65 min each; baseline 68.94% (seed 0),
-24 min; 20ep_128 and 5ep_192 not run yet (docs/recipes.md#imagenette-against-fastais-leaderboard).
+squares): 5ep_128 77.99% +- 0.59 (std of seeds 0, 1, 2: 78.52, 77.35, 78.09), 58-68 min each;
+baseline 68.94% (seed 0), 24 min; 20ep_128 and 5ep_192 not run yet
+(docs/recipes.md#imagenette-against-fastais-leaderboard).
 """
 
 from resnet_jax.training import recipes
