@@ -427,16 +427,18 @@ def lookahead(
             raise ValueError("lookahead needs the params in update()")
         updates, inner_state = inner.update(updates, state.inner, params)
         count = state.count + 1
-        sync = count % sync_period == 0
 
-        def synced(slow: jax.Array, fast: jax.Array) -> jax.Array:
-            return jnp.where(sync, slow + slow_step_size * (fast - slow), slow)
+        def sync(operands: tuple[Any, Any]) -> tuple[Any, Any]:
+            updates, slow = operands
+            fast = optax.apply_updates(params, updates)
+            slow = jax.tree.map(lambda s, f: s + slow_step_size * (f - s), slow, fast)
+            updates = jax.tree.map(lambda u, s, p: (s - p).astype(u.dtype), updates, slow, params)
+            return updates, slow
 
-        fast = optax.apply_updates(params, updates)
-        slow = jax.tree.map(synced, state.slow, fast)
-        # Between syncs the inner update is passed through untouched (bit for bit).
-        updates = jax.tree.map(
-            lambda u, s, p: jnp.where(sync, (s - p).astype(u.dtype), u), updates, slow, params
+        # Only every k-th step touches the weights; between syncs the inner update passes
+        # through untouched (bit for bit) and no extra pass over the params runs.
+        updates, slow = jax.lax.cond(
+            count % sync_period == 0, sync, lambda operands: operands, (updates, state.slow)
         )
         return updates, LookaheadState(inner_state, slow, count)
 
