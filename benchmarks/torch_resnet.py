@@ -4,11 +4,13 @@ CIFAR ResNet-20/32/44/56/110/1202 (He et al. 2015, Sec. 4.2: 3x3 stem of 16 chan
 16/32/64, option A shortcuts: stride-2 subsampling and zero-padded channels, half on each side,
 as resnet_jax's ``shortcut="A"``), torchvision's ImageNet ResNets from tests/torch_reference, and
 ResNet-D (Bag of Tricks §4.2, timm's ``resnet50d``: deep 3x3 stem of 32/32/64 channels, 2x2
-average pool before the stride-1 projection shortcut).
+average pool before the stride-1 projection shortcut), and SE networks (Hu et al. 2018: timm's
+``SEModule`` after each bottleneck's last BN), e.g. ``seresnext50d_32x4d``.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -76,8 +78,9 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
 
 
 def resnet_d(name: str, num_classes: int) -> torch_reference.ResNet:
-    """torchvision's ResNet turned into ResNet-D, as resnet_jax's ``stem="deep", avg_down=True``."""
-    net = torch_reference.build(name.removesuffix("d"), num_classes)
+    """torchvision's ResNet ``name`` turned into ResNet-D, as resnet_jax's ``stem="deep",
+    avg_down=True``."""
+    net = torch_reference.build(name, num_classes)
     net.conv1 = nn.Sequential(*_conv_bn_relu(3, 32, 2), *_conv_bn_relu(32, 32, 1),
                               nn.Conv2d(32, 64, 3, 1, 1, bias=False))
     for stage in (net.layer2, net.layer3, net.layer4):
@@ -89,13 +92,38 @@ def resnet_d(name: str, num_classes: int) -> torch_reference.ResNet:
     return net
 
 
+class SEModule(nn.Module):
+    """timm's SEModule: pool, 1x1 conv to C/16 with bias, ReLU, 1x1 conv back, sigmoid gate."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, channels // reduction, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(channels // reduction, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.fc2(self.relu(self.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()
+
+
+def with_se(net: torch_reference.ResNet) -> torch_reference.ResNet:
+    """Every bottleneck's ``bn3`` followed by an SE gate: state_dict keys ``bn3.0.*`` (the BN)
+    and ``bn3.1.fc1/fc2.*`` (timm's ``bn3.*`` and ``se.fc1/fc2.*``)."""
+    for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
+        for block in stage:
+            block.bn3 = nn.Sequential(block.bn3, SEModule(block.bn3.num_features))
+    return net
+
+
 def build(name: str, num_classes: int) -> nn.Module:
     """The PyTorch network with resnet_jax's architecture for ``name``."""
     if name in CIFAR_DEPTHS:
         return CifarResNet(CIFAR_DEPTHS[name], num_classes)
-    if name in torch_reference.TORCHVISION:
-        return torch_reference.build(name, num_classes)
-    if name == "resnet50d":
-        return resnet_d(name, num_classes)
-    raise ValueError(f"no PyTorch twin for {name!r}; have {sorted(CIFAR_DEPTHS)}, "
-                     f"{sorted(torch_reference.TORCHVISION)} and resnet50d")
+    plain = name.removeprefix("se")
+    base = re.sub(r"^(\D+\d+)d", r"\1", plain)  # resnext50d_32x4d -> resnext50_32x4d
+    if base not in torch_reference.TORCHVISION:
+        raise ValueError(f"no PyTorch twin for {name!r}; have {sorted(CIFAR_DEPTHS)}, "
+                         f"{sorted(torch_reference.TORCHVISION)}, their ResNet-D ('d') and SE "
+                         "('se') forms")
+    net = resnet_d(base, num_classes) if base != plain else torch_reference.build(base,
+                                                                                   num_classes)
+    return with_se(net) if name != plain else net

@@ -47,6 +47,9 @@ EXACT_PARAMS = {
     "resnet20": 269_722, "resnet32": 464_154, "resnet44": 658_586, "resnet56": 853_018,
     "resnet110": 1_727_962, "resnet1202": 19_421_274,
     "resnet50d": 25_576_264,  # timm's resnet50d
+    # timm's seresnet50 / seresnext50_32x4d (model cards: 28.09M, 27.56M): ResNet-50's and
+    # ResNeXt-50's counts plus the SE layers' (test_squeeze_excite_adds_the_papers_parameters).
+    "seresnet50": 28_088_024, "seresnext50_32x4d": 27_559_896,
 }
 
 
@@ -98,6 +101,48 @@ def test_macs_scale_with_batch_and_paper_table1_rounding():
     one = resnet_jax.count_macs(model, (1, 224, 224, 3))
     assert resnet_jax.count_macs(model, (2, 224, 224, 3)) == 2 * one
     assert round(one / 1e9, 1) == 3.9  # Table 1 prints 3.8 x 10^9 FLOPs (truncated, not rounded)
+
+
+def test_squeeze_excite_adds_the_papers_parameters_and_flops():
+    # Hu et al. 2018 §3.3: SE-ResNet-50 adds ~2.5M parameters (r = 16): per unit of C output
+    # channels two FCs, C x C/16 and C/16 x C, with biases. Table 2's GFLOPs: SE-ResNet-50 3.87
+    # (the paper's ResNet-50 is v1, stride on the 1x1), SE-ResNeXt-50 4.25.
+    expected = sum(n * (2 * c * c // 16 + c // 16 + c)
+                   for n, c in zip((3, 4, 6, 3), (256, 512, 1024, 2048), strict=True))
+    assert expected == 2_530_992
+    for se, plain in [("seresnet50", "resnet50"), ("seresnext50_32x4d", "resnext50_32x4d"),
+                      ("seresnext50d_32x4d", "resnet50d")]:
+        extra = resnet_jax.count_params(_params(se)) - resnet_jax.count_params(_params(plain))
+        assert extra == expected + (EXACT_PARAMS["resnext50_32x4d"] - EXACT_PARAMS["resnet50"]
+                                    if se == "seresnext50d_32x4d" else 0)
+    for name, options, gmacs in [("seresnet50", {"stride_in_1x1": True}, 3.87),
+                                 ("seresnext50_32x4d", {}, 4.25)]:
+        macs = resnet_jax.count_macs(resnet_jax.create_model(name, **options), (1, 224, 224, 3))
+        assert abs(macs / (gmacs * 1e9) - 1) < 0.01
+
+
+def test_squeeze_excite_gate():
+    # Fig. 3: y = F(x) * sigmoid(W2 relu(W1 pool(F(x)) + b1) + b2) + x; order (c) has nothing
+    # after the addition, so the plain unit's output minus x is F(x).
+    unit = ResidualUnit(features=16, se_reduction=4, order="relu_before_add")
+    x = jax.random.uniform(jax.random.PRNGKey(0), (2, 5, 5, 16))
+    variables = _init(unit, x, 1)
+    se = variables["params"]["se"]
+    assert se["fc1"]["kernel"].shape == (1, 1, 16, 8)  # C/r = 4 rounds up to 8 (timm, fastai)
+    variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero biases
+    y = unit.apply(variables, x, train=False)
+    plain = ResidualUnit(features=16, order="relu_before_add")
+    branch_plus_x = plain.apply({k: {n: v for n, v in tree.items() if n != "se"}
+                                 for k, tree in variables.items()}, x, train=False)
+    f = branch_plus_x - x
+    se = variables["params"]["se"]
+    s = f.mean(axis=(1, 2)) @ se["fc1"]["kernel"][0, 0] + se["fc1"]["bias"]
+    s = jax.nn.relu(s) @ se["fc2"]["kernel"][0, 0] + se["fc2"]["bias"]
+    expected = f * jax.nn.sigmoid(s)[:, None, None, :] + x
+    chex.assert_trees_all_close(y, expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="se_reduction must be >= 0"):
+        resnet_jax.create_model("resnet18", se_reduction=-1).init(
+            jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
 
 
 @pytest.mark.parametrize("name", resnet_jax.list_models())

@@ -8,20 +8,23 @@ A unit adds a residual branch F(x) to a shortcut h(x) (2015 paper Eq. 1). Its pa
   nets (§4.1), and ResNet-D's average-pool downsampling (``avg_down``, Bag of Tricks §4.2).
 - ``ResidualUnit._branch_convs``: basic (2015 Fig. 5 left) or bottleneck (Fig. 5 right) convs,
   with the v1/v1.5 stride placement and ResNeXt/Wide ResNet widths (``groups``, ``base_width``).
-- ``conv``/``norm``: the configured convolution and BatchNorm, passed down by ``ResNet``.
+- ``SqueezeExcite``: the channel gate of SE networks (Hu et al. 2018, Fig. 3), on the branch's
+  output before the addition, when ``se_reduction`` is set.
+- ``conv``/``norm``/``squeeze_excite``: the configured convolution, BatchNorm and SE gate,
+  passed down by ``ResNet``.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import BatchNorm, conv
+from resnet_jax.models.layers import BatchNorm, conv, he_normal
 
 ModuleFactory = Callable[..., nn.Module]
 
@@ -96,6 +99,43 @@ def check_activation(name: str) -> None:
         raise ValueError(f"activation must be one of {tuple(NONLINEARITIES)}, got {name!r}")
 
 
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """``value`` rounded to the nearest multiple of ``divisor`` (at least ``divisor``, never
+    below 90% of ``value``): the SE width rule of timm and fastai, which equals the paper's C/r
+    on every network of its tables."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation (Hu et al. 2018, §3 and Fig. 3): global average pool ("squeeze"),
+    FC to C/r, ReLU, FC back to C, sigmoid, and the input scaled channel-wise by the result.
+
+    The FCs are 1x1 convolutions with biases (timm's and fastai's layout, so their weights map
+    one to one), named ``fc1`` and ``fc2``; kernels He-initialised as every conv here, biases 0.
+
+    Attributes:
+      reduction: r of §3.2 (16 in the paper); the hidden width is ``make_divisible(C / r)``.
+      activation: the nonlinearity between the FCs (the paper's ReLU; fastai uses the network's).
+      dtype, param_dtype: computation and parameter dtypes.
+    """
+
+    reduction: int = 16
+    activation: str = "relu"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        fc = functools.partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
+                               param_dtype=self.param_dtype, kernel_init=he_normal)
+        s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
+        s = fc(make_divisible(channels / self.reduction), name="fc1")(s)
+        s = fc(channels, name="fc2")(NONLINEARITIES[self.activation](s))
+        return x * nn.sigmoid(s).astype(x.dtype)
+
+
 def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     """Drops the whole residual branch per example with probability ``rate`` (stochastic depth,
     Huang et al. 2016) and rescales survivors so the expectation is unchanged."""
@@ -145,12 +185,16 @@ class ResidualUnit(nn.Module):
       drop_path_rate: stochastic-depth probability of dropping the branch in training.
       dropout_rate: dropout between the branch's last two convs (Wide ResNet, Zagoruyko 2016 §2.4).
       activation: the nonlinearity wherever the tables say ReLU, a key of ``NONLINEARITIES``.
+      se_reduction: squeeze-and-excitation with reduction r on the branch output, before the
+        addition (SE-ResNet module, Hu et al. 2018 Fig. 3; r = 16 in the paper); 0: none.
       conv: makes each convolution, called as ``conv(features, kernel, strides, groups=...,
         zero_init=..., name=...)``: ``layers.conv`` with the network's ``dtype``,
         ``param_dtype`` and ``impl`` bound (default: float32, ``impl="auto"``).
       norm: makes each BatchNorm, called with ``use_running_average``, ``scale_init`` and
         ``name``: ``layers.BatchNorm`` with the network's momentum, epsilon, dtypes,
         ``axis_name`` and ``frozen`` bound (default: float32, momentum 0.9, epsilon 1e-5).
+      squeeze_excite: makes the SE gate, called with ``reduction``, ``activation`` and ``name``:
+        ``SqueezeExcite`` with the network's dtypes bound.
     """
 
     features: int
@@ -167,8 +211,10 @@ class ResidualUnit(nn.Module):
     drop_path_rate: float = 0.0
     dropout_rate: float = 0.0
     activation: str = "relu"
+    se_reduction: int = 0
     conv: ModuleFactory = conv
     norm: ModuleFactory = BatchNorm
+    squeeze_excite: ModuleFactory = SqueezeExcite
 
     @property
     def out_features(self) -> int:
@@ -182,6 +228,8 @@ class ResidualUnit(nn.Module):
         if self.preact not in PREACT_MODES:
             raise ValueError(f"preact must be one of {PREACT_MODES}, got {self.preact!r}")
         check_activation(self.activation)
+        if self.se_reduction < 0:
+            raise ValueError(f"se_reduction must be >= 0 (0: no SE), got {self.se_reduction}")
         if not self.bottleneck and (self.groups != 1 or self.base_width != 64):
             raise ValueError(
                 "groups/base_width apply to bottleneck units only; widen a basic-block network "
@@ -260,6 +308,9 @@ class ResidualUnit(nn.Module):
         shortcut = self._shortcut(x, act, norm)
         y = activate(self, x, act.before, norm, "bn1") if self.preact == "residual" else x
         y = self._branch(y, convs, act, norm, train)
+        if self.se_reduction:  # Hu et al. Fig. 3: gate the branch, then add the shortcut
+            y = self.squeeze_excite(reduction=self.se_reduction, activation=self.activation,
+                                    name="se")(y)
         if shortcut is not None:
             if train and (drop_path_rate is not None or self.drop_path_rate > 0):
                 rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate

@@ -113,6 +113,15 @@ ResNet50D = register(
     "resnet50d", **dict(_IMAGENET, stem="deep"), stage_sizes=_BOTTLENECK[50], bottleneck=True,
     avg_down=True)
 
+# Squeeze-and-excitation (Hu et al. 2018, Table 2): SE (r = 16) in every unit of ResNet-50 (v1.5, as
+# timm's seresnet50) and ResNeXt-50 32x4d; and with ResNet-D's stem and shortcuts: fastai's
+# xse_resnext50 (Imagenette leaderboard) with activation="mish".
+_SE = dict(_WIDE, stage_sizes=_BOTTLENECK[50], se_reduction=16)
+SEResNet50 = register("seresnet50", **_SE)
+SEResNeXt50_32x4d = register("seresnext50_32x4d", **_SE, groups=32, base_width=4)
+SEResNeXt50D_32x4d = register(
+    "seresnext50d_32x4d", **dict(_SE, stem="deep"), avg_down=True, groups=32, base_width=4)
+
 # CIFAR networks, 2015 paper §4.2: 6n+2 layers, widths 16-32-64, option A shortcuts.
 _CIFAR = dict(stem="cifar", stem_width=16, stage_widths=(16, 32, 64), num_classes=10, shortcut="A")
 

@@ -16,6 +16,7 @@ from resnet_jax.models.blocks import (
     PREACT_ORDERS,
     ModuleFactory,
     ResidualUnit,
+    SqueezeExcite,
     activate,
     check_activation,
 )
@@ -114,6 +115,8 @@ class ResNet(nn.Module):
         see ``ResidualUnit``.
       activation: ``relu`` (the papers), ``mish`` (fastai's xresnet) or ``silu``: the
         nonlinearity of the stem and every unit (``blocks.NONLINEARITIES``).
+      se_reduction: squeeze-and-excitation in every unit with reduction r (SE-ResNet, Hu et al.
+        2018; 16 in the paper); 0: none. See ``blocks.SqueezeExcite``.
       bn_momentum, bn_epsilon: BatchNorm running-average momentum (Flax convention: 0.9 equals
         PyTorch's 0.1) and epsilon.
       frozen_bn: every BN (stem and units) normalises with its running statistics in training
@@ -138,7 +141,7 @@ class ResNet(nn.Module):
 
     The conv options (dtype, param_dtype, conv_impl) and BN options (bn_*, frozen_bn, dtypes,
     axis_name) are bound once into the ``conv`` and ``norm`` parts (``_parts``) that the stem and
-    every unit build their layers from.
+    every unit build their layers from (and the dtypes into the units' SE gate).
 
     Call as ``model.apply(variables, images, train=...)``, images of shape (N, H, W, in_channels).
     Logits are float32. ``return_features=True`` returns a dict with the stem, every stage's
@@ -168,6 +171,7 @@ class ResNet(nn.Module):
     scan_units: bool = False
     remat: bool = False
     activation: str = "relu"
+    se_reduction: int = 0
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     frozen_bn: bool = False
@@ -189,14 +193,15 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         check_activation(self.activation)
 
-    def _parts(self) -> tuple[ModuleFactory, ModuleFactory]:
-        """The configured conv and BatchNorm (train mode is bound where they are used)."""
+    def _parts(self) -> tuple[ModuleFactory, ModuleFactory, ModuleFactory]:
+        """The configured conv, BatchNorm (train mode is bound where they are used) and SE."""
         conv_part = functools.partial(
             conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl)
         norm_part = functools.partial(
             BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
             param_dtype=self.param_dtype, axis_name=self.axis_name, frozen=self.frozen_bn)
-        return conv_part, norm_part
+        se_part = functools.partial(SqueezeExcite, dtype=self.dtype, param_dtype=self.param_dtype)
+        return conv_part, norm_part, se_part
 
     def _stem(self, x: jax.Array, conv: ModuleFactory, norm: ModuleFactory) -> jax.Array:
         if self.stem == "deep":  # ResNet-D: three 3x3 convs replace the 7x7 (Bag of Tricks §4.2)
@@ -224,18 +229,19 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         features: dict[str, jax.Array] = {}
         preact_order = self.order in PREACT_ORDERS
-        conv_part, norm_part = self._parts()
+        conv_part, norm_part, se_part = self._parts()
         norm = functools.partial(norm_part, use_running_average=not train)
 
         x = self._stem(x, conv_part, norm)
         features["stem"] = x
 
         unit = functools.partial(
-            ResidualUnit, conv=conv_part, norm=norm_part,
+            ResidualUnit, conv=conv_part, norm=norm_part, squeeze_excite=se_part,
             bottleneck=self.bottleneck, order=self.order, shortcut=self.shortcut,
             stride_in_1x1=self.stride_in_1x1, avg_down=self.avg_down, groups=self.groups,
             base_width=self.base_width, zero_init_residual=self.zero_init_residual,
             dropout_rate=self.block_dropout_rate, activation=self.activation,
+            se_reduction=self.se_reduction,
         )
         total_units = sum(self.stage_sizes)
         done = 0
