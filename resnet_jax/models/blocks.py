@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import BatchNorm, conv, he_normal
+from resnet_jax.models.layers import BatchNorm, Dtype, conv, he_normal
 
 ModuleFactory = Callable[..., nn.Module]
 
@@ -122,8 +122,8 @@ class SqueezeExcite(nn.Module):
 
     reduction: int = 16
     activation: str = "relu"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
