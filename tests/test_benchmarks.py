@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import resnet_jax
-from benchmarks import flax_example_resnet, machine
+from benchmarks import flax_example_resnet, machine, step_processes
 from benchmarks import train_step as bench
+from benchmarks.step_child import child_cmd, run_child
 from tests.test_models import EXACT_PARAMS
 
 torch = pytest.importorskip("torch", reason="PyTorch is in requirements-dev.txt")
@@ -119,17 +120,47 @@ def test_peak_override_and_unknown_model():
         torch_resnet.build("resnet9000", 10)
 
 
-def test_separate_processes_mode_times_each_framework_alone_with_and_without_hugetlb(tmp_path):
+def test_processes_mode_runs_each_framework_and_malloc_alone_and_pairs_rounds(
+        tmp_path, monkeypatch):
+    # The orchestration, with each child's result made up (real children: the test below):
+    # four fresh processes per round, GLIBC_TUNABLES set only for the hugetlb ones (and an
+    # inherited one removed), JAX/PyTorch ratios taken within a round.
+    calls = []
+
+    def fake_child(cmd, env, timeout, mem_limit_gib):
+        framework = cmd[cmd.index("--_child") + 1]
+        calls.append((framework, env.get("GLIBC_TUNABLES", "")))
+        return {"ms_per_step": {"jax": 10.0, "torch": 30.0}[framework] + len(calls),
+                "faults_per_step": float(len(calls))}
+
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=1")
+    monkeypatch.setattr(step_processes, "run_child", fake_child)
     out = tmp_path / "processes.json"
     bench.main(["--processes", "--models", "resnet20", "--batch", "8", "--dtypes", "float32",
-                "--warmup", "1", "--repeats", "1", "--min_seconds", "0.01", "--rounds", "1",
-                "--out", str(out)])
+                "--rounds", "2", "--out", str(out)])
+    variants = [("jax", ""), ("torch", ""), ("jax", step_processes.HUGETLB),
+                ("torch", step_processes.HUGETLB)]
+    assert calls == variants * 2  # rounds alternate all four
     rows = json.loads(out.read_text())["rows"]
-    assert [(r["framework"], r["glibc_tunables"]) for r in rows] == [
-        ("jax", ""), ("torch", ""), ("jax", "glibc.malloc.hugetlb=1"),
-        ("torch", "glibc.malloc.hugetlb=1")]
-    assert all(r["error"] is None and r["ms_per_step"] > 0 and r["faults_per_step"] >= 0
-               for r in rows)
-    for jax_row, torch_row in (rows[0:2], rows[2:4]):  # one round: the ratio of its two runs
-        assert jax_row["jax_over_torch"] == pytest.approx(
-            torch_row["ms_per_step"] / jax_row["ms_per_step"])
+    assert [(r["framework"], r["glibc_tunables"]) for r in rows] == variants
+    # Call k (1-based) took base + k ms: variant v ran as calls v+1 and v+5.
+    for v, row in enumerate(rows):
+        base = 10.0 if row["framework"] == "jax" else 30.0
+        assert row["ms_all"] == [base + v + 1, base + v + 5]
+        assert row["ms_per_step"] == base + v + 3 and row["faults_per_step"] == v + 3
+        assert row["error"] is None
+    for jax_row, torch_row in (rows[0:2], rows[2:4]):  # median of the two rounds' ratios
+        j, t = jax_row["ms_all"], torch_row["ms_all"]
+        assert jax_row["jax_over_torch"] == pytest.approx((t[0] / j[0] + t[1] / j[1]) / 2)
+
+
+@pytest.mark.parametrize(("framework", "tunables"), [("jax", step_processes.HUGETLB),
+                                                     ("torch", "")])
+def test_a_child_process_times_one_framework(framework, tunables):
+    # What each --processes round runs: a fresh process that reports ms/step and page faults.
+    cmd = child_cmd(["--_child", framework, "--models", "resnet20", "--batch", "8", "--dtypes",
+                     "float32", "--warmup", "1", "--repeats", "1", "--min_seconds", "0.01",
+                     "--conv_impl", "auto"])
+    result = run_child(cmd, step_processes._env(tunables), timeout=300, mem_limit_gib=None)
+    assert "error" not in result, result
+    assert result["ms_per_step"] > 0 and result["faults_per_step"] >= 0

@@ -47,22 +47,11 @@ def tiny_config(*extra):
     return load_config(QUICKSTART, TINY + list(extra))
 
 
-_CACHE = None
-
-
 def _env(devices):
-    """Environment of a subprocess with ``devices`` CPU devices and a shared compile cache."""
-    global _CACHE
-    if _CACHE is None:
-        import tempfile
-
-        _CACHE = tempfile.mkdtemp(prefix="jax-cache-")  # per test session: resumes hit it
+    """Environment of a subprocess with ``devices`` CPU devices (and conftest's compile cache)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_COMPILATION_CACHE_DIR"] = _CACHE
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     return env
 
 
