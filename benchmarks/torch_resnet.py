@@ -5,7 +5,8 @@ CIFAR ResNet-20/32/44/56/110/1202 (He et al. 2015, Sec. 4.2: 3x3 stem of 16 chan
 as resnet_jax's ``shortcut="A"``), torchvision's ImageNet ResNets from tests/torch_reference, and
 ResNet-D (Bag of Tricks §4.2, timm's ``resnet50d``: deep 3x3 stem of 32/32/64 channels, 2x2
 average pool before the stride-1 projection shortcut), and SE networks (Hu et al. 2018: timm's
-``SEModule`` after each bottleneck's last BN), e.g. ``seresnext50d_32x4d``.
+``SEModule`` after each bottleneck's last BN), e.g. ``seresnext50d_32x4d``; and fastai's
+``SimpleSelfAttention`` (``with_self_attention``: xresnet's ``sa=True``).
 """
 
 from __future__ import annotations
@@ -111,6 +112,34 @@ def with_se(net: torch_reference.ResNet) -> torch_reference.ResNet:
     for stage in (net.layer1, net.layer2, net.layer3, net.layer4):
         for block in stage:
             block.bn3 = nn.Sequential(block.bn3, SEModule(block.bn3.num_features))
+    return net
+
+
+class SimpleSelfAttention(nn.Module):
+    """fastai.layers.SimpleSelfAttention (ks=1, sym=False): a spectral-normalised 1x1 Conv1d
+    (kaiming-normal), the channels' Gram matrix, ``gamma * (x x^T) conv(x) + x``, gamma 0."""
+
+    def __init__(self, n_in: int):
+        super().__init__()
+        conv = nn.Conv1d(n_in, n_in, 1, bias=False)
+        nn.init.kaiming_normal_(conv.weight)
+        self.conv = nn.utils.spectral_norm(conv)
+        self.gamma = nn.Parameter(torch.tensor([0.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.size()
+        x = x.view(*size[:2], -1)
+        convx = self.conv(x)
+        xxt = torch.bmm(x, x.permute(0, 2, 1).contiguous())
+        return (self.gamma * torch.bmm(xxt, convx) + x).view(*size).contiguous()
+
+
+def with_self_attention(net: torch_reference.ResNet) -> torch_reference.ResNet:
+    """fastai's placement: the first stage's last unit ends its branch (after SE) with
+    ``SimpleSelfAttention``; keys ``layer1.<last>.bn3.<i>.conv.weight_orig``, ``gamma``, ..."""
+    block = net.layer1[-1]
+    parts = list(block.bn3) if isinstance(block.bn3, nn.Sequential) else [block.bn3]
+    block.bn3 = nn.Sequential(*parts, SimpleSelfAttention(parts[0].num_features))
     return net
 
 

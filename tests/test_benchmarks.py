@@ -3,6 +3,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -33,19 +34,23 @@ def _relu_to_mish(net: torch.nn.Module) -> None:
                 setattr(module, name, torch.nn.Mish())
 
 
-@pytest.mark.parametrize(("name", "activation"), [("resnet50d", "relu"),
-                                                  ("seresnext50d_32x4d", "mish")])
-def test_resnet_d_twins_are_the_same_network(name, activation):
+@pytest.mark.parametrize(("name", "activation", "self_attention"),
+                         [("resnet50d", "relu", False), ("seresnext50d_32x4d", "mish", True)])
+def test_resnet_d_twins_are_the_same_network(name, activation, self_attention):
     # The leaderboard runs' models (configs/imagenette.py) against PyTorch: the same logits from
     # the same weights. ResNet-50-D with timm's parameter count; fastai's xse_resnext50 (SE
-    # gates in timm's layout, grouped 3x3s) with Mish in place of every ReLU, SE's included.
+    # gates in timm's layout, grouped 3x3s, self-attention in stage 1's last unit) with Mish in
+    # place of every ReLU, SE's included.
     twin = torch_resnet.build(name, 5)
+    if self_attention:
+        twin = torch_resnet.with_self_attention(twin)
     if activation == "mish":
         _relu_to_mish(twin)
     if name == "resnet50d":
         assert sum(p.numel() for p in torch_resnet.build(name, 1000).parameters()) == (
             EXACT_PARAMS[name])
-    model = resnet_jax.create_model(name, num_classes=5, activation=activation)
+    model = resnet_jax.create_model(name, num_classes=5, activation=activation,
+                                    self_attention=self_attention)
     images = jax.random.normal(jax.random.key(0), (2, 72, 72, 3))  # odd maps: ceil-mode pools
     variables = model.init(jax.random.key(1), images, train=False)
     # Running statistics of these images (momentum 0 keeps the batch's), so that activations
@@ -61,18 +66,20 @@ def test_resnet_d_twins_are_the_same_network(name, activation):
         x * (1 + 0.2 * jax.random.normal(k, x.shape)) + 0.05 * (x.ndim == 1)
         for x, k in zip(leaves, keys, strict=True)])
     # Our names in torchvision's scheme, then timm's Sequential indices for the ResNet-D parts
-    # and the twin's (bn3, SE) pairs.
+    # and the twin's (bn3, SE[, SA]) sequences.
     stem = {"conv1_1": "conv1.0", "bn1_1": "conv1.1", "conv1_2": "conv1.3", "bn1_2": "conv1.4",
             "conv1_3": "conv1.6"}
     state = {}
-    for key, value in resnet_jax.to_torchvision(name, variables).items():
+    for key, value in resnet_jax.to_torchvision(name, variables,
+                                                self_attention=self_attention).items():
         head, _, rest = key.partition(".")
         key = f"{stem.get(head, head)}.{rest}"
         if head != "layer1" and ".downsample." in key:  # the average pool is downsample.0
             key = key.replace("downsample.1.", "downsample.2.").replace("downsample.0.",
                                                                          "downsample.1.")
         if name.startswith("se"):
-            key = key.replace(".bn3.", ".bn3.0.").replace(".se.", ".bn3.1.")
+            key = key.replace(".bn3.", ".bn3.0.").replace(".se.", ".bn3.1.").replace(
+                ".sa.", ".bn3.2.")
         state[key] = torch.from_numpy(np.array(value))
     twin.load_state_dict(state)  # strict: every key and shape matches
     ours = model.apply(variables, images, train=False)
@@ -80,6 +87,12 @@ def test_resnet_d_twins_are_the_same_network(name, activation):
         theirs = twin.eval()(torch.from_numpy(np.array(images).transpose(0, 3, 1, 2)))
     assert np.all(np.isfinite(ours)) and np.std(ours) > 0.1  # 1000x the tolerance below
     np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-4, atol=1e-4)
+    if self_attention:  # and the attention term is part of what was compared
+        sa = variables["params"]["layer1"][f"block{len(twin.layer1) - 1}"]["sa"]
+        without = jax.tree.map(lambda x: x, variables)
+        without["params"]["layer1"][f"block{len(twin.layer1) - 1}"]["sa"] = {
+            **sa, "gamma": jnp.zeros_like(sa["gamma"])}
+        assert np.max(np.abs(model.apply(without, images, train=False) - ours)) > 1e-2
 
 
 def test_train_step_benchmark_row_against_pytorch(tmp_path, capsys):

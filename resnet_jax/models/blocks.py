@@ -10,8 +10,10 @@ A unit adds a residual branch F(x) to a shortcut h(x) (2015 paper Eq. 1). Its pa
   with the v1/v1.5 stride placement and ResNeXt/Wide ResNet widths (``groups``, ``base_width``).
 - ``SqueezeExcite``: the channel gate of SE networks (Hu et al. 2018, Fig. 3), on the branch's
   output before the addition, when ``se_reduction`` is set.
-- ``conv``/``norm``/``squeeze_excite``: the configured convolution, BatchNorm and SE gate,
-  passed down by ``ResNet``.
+- ``SimpleSelfAttention``: fastai's self-attention on the branch's output (after SE), when
+  ``self_attention`` is set (xresnet's ``sa``).
+- ``conv``/``norm``/``squeeze_excite``/``attention``: the configured convolution, BatchNorm, SE
+  gate and self-attention, passed down by ``ResNet``.
 """
 
 from __future__ import annotations
@@ -136,6 +138,57 @@ class SqueezeExcite(nn.Module):
         return x * nn.sigmoid(s).astype(x.dtype)
 
 
+def _l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    return x / jnp.maximum(jnp.linalg.norm(x), eps)  # torch.nn.functional.normalize
+
+
+class SimpleSelfAttention(nn.Module):
+    """fastai's ``SimpleSelfAttention`` (Doria 2019; xresnet's ``sa=True``): each position's
+    features mixed through the channels' Gram matrix, ``x + gamma * (x W^T)(x^T x)`` with x as
+    (positions, channels), W a C x C 1x1 kernel under spectral normalisation (Miyato et al.
+    2018) and gamma a scalar initialised to 0, so the layer starts as the identity.
+
+    The spectral norm is PyTorch's ``spectral_norm`` exactly (written here because Flax's
+    ``nn.SpectralNorm`` iterates again in eval and keeps no v): in training one power
+    iteration from the stored u updates u and v (``batch_stats``), and sigma = u . W v with
+    the gradient flowing through W only; in eval the stored u and v give sigma.
+
+    Attributes:
+      dtype, param_dtype: computation and parameter dtypes (the Gram matrix and sigma are
+        float32).
+    """
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        b, h, w, c = x.shape
+        # fastai's 1x1 Conv1d in Flax's (width, in, out) layout; kaiming_normal_: fan-in, gain 2.
+        kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
+                            (1, c, c), self.param_dtype)
+        gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
+        key = self.make_rng("params") if self.is_initializing() else None
+        u = self.variable("batch_stats", "u",
+                          lambda: _l2_normalize(jax.random.normal(key, (c,))))
+        v = self.variable("batch_stats", "v",
+                          lambda: _l2_normalize(jax.random.normal(jax.random.fold_in(key, 1),
+                                                                  (c,))))
+        weight = jnp.asarray(kernel[0], jnp.float32).T  # PyTorch's (out, in)
+        u_now, v_now = u.value, v.value
+        if train:
+            v_now = jax.lax.stop_gradient(_l2_normalize(weight.T @ u_now))
+            u_now = jax.lax.stop_gradient(_l2_normalize(weight @ v_now))
+            if not self.is_initializing():
+                u.value, v.value = u_now, v_now
+        sigma = u_now @ (weight @ v_now)
+        kernel_sn = (kernel[0] / sigma).astype(self.dtype)
+        flat = x.reshape(b, h * w, c).astype(self.dtype)
+        gram = jnp.einsum("bnc,bnd->bcd", flat, flat, preferred_element_type=jnp.float32)
+        mixed = jnp.einsum("bnc,bcd->bnd", flat @ kernel_sn, gram.astype(self.dtype))
+        return (flat + gamma.astype(self.dtype) * mixed).reshape(b, h, w, c).astype(x.dtype)
+
+
 def drop_path(x: jax.Array, rate: float, rng: jax.Array) -> jax.Array:
     """Drops the whole residual branch per example with probability ``rate`` (stochastic depth,
     Huang et al. 2016) and rescales survivors so the expectation is unchanged."""
@@ -187,6 +240,8 @@ class ResidualUnit(nn.Module):
       activation: the nonlinearity wherever the tables say ReLU, a key of ``NONLINEARITIES``.
       se_reduction: squeeze-and-excitation with reduction r on the branch output, before the
         addition (SE-ResNet module, Hu et al. 2018 Fig. 3; r = 16 in the paper); 0: none.
+      self_attention: fastai's ``SimpleSelfAttention`` on the branch output after SE, before
+        the addition (fastai's ``ResBlock(sa=True)``).
       conv: makes each convolution, called as ``conv(features, kernel, strides, groups=...,
         zero_init=..., name=...)``: ``layers.conv`` with the network's ``dtype``,
         ``param_dtype`` and ``impl`` bound (default: float32, ``impl="auto"``).
@@ -195,6 +250,8 @@ class ResidualUnit(nn.Module):
         ``axis_name`` and ``frozen`` bound (default: float32, momentum 0.9, epsilon 1e-5).
       squeeze_excite: makes the SE gate, called with ``reduction``, ``activation`` and ``name``:
         ``SqueezeExcite`` with the network's dtypes bound.
+      attention: makes the self-attention layer, called with ``name``: ``SimpleSelfAttention``
+        with the network's dtypes bound.
     """
 
     features: int
@@ -212,9 +269,11 @@ class ResidualUnit(nn.Module):
     dropout_rate: float = 0.0
     activation: str = "relu"
     se_reduction: int = 0
+    self_attention: bool = False
     conv: ModuleFactory = conv
     norm: ModuleFactory = BatchNorm
     squeeze_excite: ModuleFactory = SqueezeExcite
+    attention: ModuleFactory = SimpleSelfAttention
 
     @property
     def out_features(self) -> int:
@@ -311,6 +370,8 @@ class ResidualUnit(nn.Module):
         if self.se_reduction:  # Hu et al. Fig. 3: gate the branch, then add the shortcut
             y = self.squeeze_excite(reduction=self.se_reduction, activation=self.activation,
                                     name="se")(y)
+        if self.self_attention:  # fastai's ResBlock: appended to the branch after SE
+            y = self.attention(name="sa")(y, train)
         if shortcut is not None:
             if train and (drop_path_rate is not None or self.drop_path_rate > 0):
                 rate = self.drop_path_rate if drop_path_rate is None else drop_path_rate

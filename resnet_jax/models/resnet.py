@@ -16,6 +16,7 @@ from resnet_jax.models.blocks import (
     PREACT_ORDERS,
     ModuleFactory,
     ResidualUnit,
+    SimpleSelfAttention,
     SqueezeExcite,
     activate,
     check_activation,
@@ -69,9 +70,13 @@ class Stage(nn.Module):
     drop_path_rates: Sequence[float]
     scan_units: bool = False
     remat: bool = False
+    attention_in_last_unit: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        if self.scan_units and self.attention_in_last_unit and self.num_units > 1:
+            raise ValueError("self_attention makes a stage's last unit differ from the others, "
+                             "so its units cannot be scanned: use scan_units=False")
         # static_argnums counts the module itself as argument 0: (x=1, train=2).
         unit = nn.remat(self.unit.func, static_argnums=(2,)) if self.remat else self.unit.func
         unit = functools.partial(unit, **self.unit.keywords)
@@ -82,6 +87,7 @@ class Stage(nn.Module):
                 strides=self.strides if i == 0 else 1,
                 preact=self.first_preact if i == 0 else "residual",
                 drop_path_rate=self.drop_path_rates[i],
+                self_attention=self.attention_in_last_unit and i == self.num_units - 1,
                 name=f"block{i}",
             )(x, train)
         if scanned:
@@ -117,6 +123,9 @@ class ResNet(nn.Module):
         nonlinearity of the stem and every unit (``blocks.NONLINEARITIES``).
       se_reduction: squeeze-and-excitation in every unit with reduction r (SE-ResNet, Hu et al.
         2018; 16 in the paper); 0: none. See ``blocks.SqueezeExcite``.
+      self_attention: fastai's ``SimpleSelfAttention`` in the last unit of the first stage, where
+        fastai's xresnet puts it (``XResNet(sa=True)``); not with ``scan_units``. See
+        ``blocks.SimpleSelfAttention``.
       bn_momentum, bn_epsilon: BatchNorm running-average momentum (Flax convention: 0.9 equals
         PyTorch's 0.1) and epsilon.
       frozen_bn: every BN (stem and units) normalises with its running statistics in training
@@ -141,7 +150,8 @@ class ResNet(nn.Module):
 
     The conv options (dtype, param_dtype, conv_impl) and BN options (bn_*, frozen_bn, dtypes,
     axis_name) are bound once into the ``conv`` and ``norm`` parts (``_parts``) that the stem and
-    every unit build their layers from (and the dtypes into the units' SE gate).
+    every unit build their layers from (and the dtypes into the units' SE gate and
+    self-attention).
 
     Call as ``model.apply(variables, images, train=...)``, images of shape (N, H, W, in_channels).
     Logits are float32. ``return_features=True`` returns a dict with the stem, every stage's
@@ -172,6 +182,7 @@ class ResNet(nn.Module):
     remat: bool = False
     activation: str = "relu"
     se_reduction: int = 0
+    self_attention: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     frozen_bn: bool = False
@@ -193,15 +204,18 @@ class ResNet(nn.Module):
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         check_activation(self.activation)
 
-    def _parts(self) -> tuple[ModuleFactory, ModuleFactory, ModuleFactory]:
-        """The configured conv, BatchNorm (train mode is bound where they are used) and SE."""
+    def _parts(self) -> tuple[ModuleFactory, ModuleFactory, ModuleFactory, ModuleFactory]:
+        """The configured conv, BatchNorm (train mode is bound where they are used), SE and
+        self-attention."""
         conv_part = functools.partial(
             conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl)
         norm_part = functools.partial(
             BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
             param_dtype=self.param_dtype, axis_name=self.axis_name, frozen=self.frozen_bn)
         se_part = functools.partial(SqueezeExcite, dtype=self.dtype, param_dtype=self.param_dtype)
-        return conv_part, norm_part, se_part
+        sa_part = functools.partial(SimpleSelfAttention, dtype=self.dtype,
+                                    param_dtype=self.param_dtype)
+        return conv_part, norm_part, se_part, sa_part
 
     def _stem(self, x: jax.Array, conv: ModuleFactory, norm: ModuleFactory) -> jax.Array:
         if self.stem == "deep":  # ResNet-D: three 3x3 convs replace the 7x7 (Bag of Tricks §4.2)
@@ -229,7 +243,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         features: dict[str, jax.Array] = {}
         preact_order = self.order in PREACT_ORDERS
-        conv_part, norm_part, se_part = self._parts()
+        conv_part, norm_part, se_part, sa_part = self._parts()
         norm = functools.partial(norm_part, use_running_average=not train)
 
         x = self._stem(x, conv_part, norm)
@@ -237,6 +251,7 @@ class ResNet(nn.Module):
 
         unit = functools.partial(
             ResidualUnit, conv=conv_part, norm=norm_part, squeeze_excite=se_part,
+            attention=sa_part,
             bottleneck=self.bottleneck, order=self.order, shortcut=self.shortcut,
             stride_in_1x1=self.stride_in_1x1, avg_down=self.avg_down, groups=self.groups,
             base_width=self.base_width, zero_init_residual=self.zero_init_residual,
@@ -257,6 +272,7 @@ class ResNet(nn.Module):
                 strides=1 if s == 0 else 2,
                 first_preact=first_preact if preact_order else "residual",
                 drop_path_rates=tuple(rates), scan_units=self.scan_units, remat=self.remat,
+                attention_in_last_unit=self.self_attention and s == 0,
                 name=f"layer{s + 1}",
             )(x, train)
             done += num_units

@@ -35,18 +35,26 @@ _BLOCK = re.compile(r"block(\d+)")
 _MAX_LISTED = 12
 
 
+# fastai's SimpleSelfAttention: a spectral-normalised Conv1d (PyTorch's weight_orig, u, v).
+_ATTENTION_NAMES = {"kernel": "conv.weight_orig", "gamma": "gamma", "u": "conv.weight_u",
+                    "v": "conv.weight_v"}
+
+
 def _torch_key(path: tuple[str, ...]) -> str:
     *modules, leaf = path[1:]  # drop the collection ("params" / "batch_stats")
     parts = []
     for name in modules:
         block = _BLOCK.fullmatch(name)
         parts.append(block.group(1) if block else _MODULE_NAMES.get(name, name))
-    return ".".join(parts + [_LEAF_NAMES[leaf]])
+    names = _ATTENTION_NAMES if modules and modules[-1] == "sa" else _LEAF_NAMES
+    return ".".join(parts + [names[leaf]])
 
 
 def _to_torch_layout(value: np.ndarray) -> np.ndarray:
     if value.ndim == 4:  # HWIO -> OIHW
         return value.transpose(3, 2, 0, 1)
+    if value.ndim == 3:  # 1D conv: WIO -> OIW
+        return value.transpose(2, 1, 0)
     if value.ndim == 2:  # (in, out) -> (out, in)
         return value.T
     return value
@@ -55,6 +63,8 @@ def _to_torch_layout(value: np.ndarray) -> np.ndarray:
 def _from_torch_layout(value: np.ndarray) -> np.ndarray:
     if value.ndim == 4:  # OIHW -> HWIO
         return value.transpose(2, 3, 1, 0)
+    if value.ndim == 3:  # OIW -> WIO
+        return value.transpose(2, 1, 0)
     if value.ndim == 2:
         return value.T
     return value
