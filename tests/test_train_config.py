@@ -50,8 +50,11 @@ def test_overrides_apply_with_types():
         "lr_boundaries=(10, 20)",
         "model=resnet20",
         "model_kwargs.drop_path_rate=0.1",  # free-form: forwarded to create_model
+        "model_kwargs.self_attention=false",  # as on typed keys: a bool, not the string
+        "model_kwargs.zero_init_residual=True",
     ):
         apply_override(c, item)
+    assert c.model_kwargs.self_attention is False and c.model_kwargs.zero_init_residual is True
     assert c.learning_rate == 1.0 and isinstance(c.learning_rate, float)
     assert c.nesterov is True
     assert tuple(c.lr_boundaries) == (10, 20)

@@ -223,7 +223,10 @@ def apply_override(config: ml_collections.ConfigDict, item: str) -> None:
     if leaf not in node:
         if not free_form:
             raise ConfigError(_unknown_message(key, node))
-        node[leaf] = _literal(raw)
+        # A Python literal; true/false are the bools they mean on every typed key (else the
+        # string "false" would reach create_model and switch an option on).
+        low = raw.strip().lower()
+        node[leaf] = low == "true" if low in ("true", "false") else _literal(raw)
         return
     try:
         node[leaf] = _coerce(raw, node[leaf], key)
