@@ -117,3 +117,17 @@ def test_scanned_stages_refuse_it():
     model = resnet_jax.create_model("resnet50d", self_attention=True, scan_units=True)
     with pytest.raises(ValueError, match="units cannot be scanned: use scan_units=False"):
         resnet_jax.abstract_variables(model, (1, 32, 32, 3))
+
+
+def test_converts_to_fastais_names_and_back():
+    import resnet_jax
+
+    model = resnet_jax.create_model("resnet20", num_classes=10, self_attention=True)
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, 32, 32, 3)), train=False))(
+        jax.random.key(0))
+    state = resnet_jax.to_torchvision("resnet20", variables, self_attention=True)
+    sa = {k: v.shape for k, v in state.items() if ".sa." in k}
+    assert sa == {"layer1.2.sa.conv.weight_orig": (16, 16, 1), "layer1.2.sa.gamma": (1,),
+                  "layer1.2.sa.conv.weight_u": (16,), "layer1.2.sa.conv.weight_v": (16,)}
+    back = resnet_jax.from_torchvision("resnet20", state, self_attention=True)
+    jax.tree.map(np.testing.assert_array_equal, back, variables)
