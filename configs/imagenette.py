@@ -25,8 +25,9 @@ cosine; inception crops).
 Hardware: any; measured on 2 CPU cores (docs/recipes.md#imagenette-against-fastais-leaderboard).
 Expected: the leaderboard's entries are 85.77% (5 epochs, 128 px), 91.57% (20 epochs, 128 px) and
 86.76% (5 epochs, 192 px). Measured (2-core AMD EPYC Zen 4, float32; Imagenette resized to 224 px
-squares): 5ep_128 80.96% +- 0.30 (std of seeds 0, 1: 81.17, 80.74), 77-98 min each on shared
-cores; with AdamW (lr 4e-3, 0.3-epoch warm-up) and ReLU instead, 77.99% +- 0.59 (seeds 0, 1, 2);
+squares): 5ep_128 81.14% +- 0.38 (std of seeds 0, 1, 2: 81.17, 80.74, 81.50),
+69-98 min each, partly on shared cores; with AdamW (lr 4e-3, 0.3-epoch warm-up) and ReLU
+instead, 77.99% +- 0.59 (seeds 0, 1, 2);
 baseline 68.94% (seed 0), 24 min; 20ep_128 and 5ep_192 not run yet
 (docs/recipes.md#imagenette-against-fastais-leaderboard).
 """
