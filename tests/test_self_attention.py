@@ -16,7 +16,6 @@ from benchmarks.torch_resnet import SimpleSelfAttention as TorchSimpleSelfAttent
 def _variables(channels: int):
     module = SimpleSelfAttention()
     x = jax.random.normal(jax.random.key(0), (2, 5, 6, channels))
-    variables = module.init(jax.random.key(1), x, train=False)
     k1, k2, k3 = jax.random.split(jax.random.key(2), 3)
     variables = {  # a trained-looking layer: gamma away from 0, u and v not the init's
         "params": {"kernel": jax.random.normal(k1, (1, channels, channels)),
@@ -27,6 +26,19 @@ def _variables(channels: int):
     variables["batch_stats"] = jax.tree.map(lambda a: a / jnp.linalg.norm(a),
                                             variables["batch_stats"])
     return module, x, variables
+
+
+def _twin(variables):
+    """fastai's layer in PyTorch holding ``variables`` (strict: every key and shape)."""
+    p, s = variables["params"], variables["batch_stats"]
+    twin = TorchSimpleSelfAttention(p["kernel"].shape[-1])
+    twin.load_state_dict({
+        "gamma": torch.tensor(np.asarray(p["gamma"])),
+        "conv.weight_orig": torch.tensor(np.asarray(p["kernel"]).transpose(2, 1, 0).copy()),
+        "conv.weight_u": torch.tensor(np.asarray(s["u"])),
+        "conv.weight_v": torch.tensor(np.asarray(s["v"])),
+    })
+    return twin
 
 
 def test_init_is_the_identity_and_unit_vectors():
@@ -45,14 +57,8 @@ def test_init_is_the_identity_and_unit_vectors():
 def test_matches_fastais_layer_in_pytorch(train):
     channels = 8
     module, x, variables = _variables(channels)
-    twin = TorchSimpleSelfAttention(channels)
-    p, s = variables["params"], variables["batch_stats"]
-    twin.load_state_dict({  # strict: every key and shape of fastai's layer
-        "gamma": torch.tensor(np.asarray(p["gamma"])),
-        "conv.weight_orig": torch.tensor(np.asarray(p["kernel"]).transpose(2, 1, 0).copy()),
-        "conv.weight_u": torch.tensor(np.asarray(s["u"])),
-        "conv.weight_v": torch.tensor(np.asarray(s["v"])),
-    })
+    s = variables["batch_stats"]
+    twin = _twin(variables)
     twin.train(train)
     ours, updates = module.apply(variables, x, train=train, mutable=["batch_stats"])
     with torch.no_grad():
@@ -78,14 +84,7 @@ def test_gradient_flows_through_the_kernel_not_the_power_iteration():
         return jnp.sum(out**2)
 
     grads = jax.grad(loss)(variables["params"])
-    twin = TorchSimpleSelfAttention(8)
-    twin.load_state_dict({
-        "gamma": torch.tensor(np.asarray(variables["params"]["gamma"])),
-        "conv.weight_orig": torch.tensor(
-            np.asarray(variables["params"]["kernel"]).transpose(2, 1, 0).copy()),
-        "conv.weight_u": torch.tensor(np.asarray(variables["batch_stats"]["u"])),
-        "conv.weight_v": torch.tensor(np.asarray(variables["batch_stats"]["v"])),
-    })
+    twin = _twin(variables)
     twin.train()
     (twin(torch.tensor(np.asarray(x).transpose(0, 3, 1, 2))) ** 2).sum().backward()
     np.testing.assert_allclose(np.asarray(grads["kernel"]).transpose(2, 1, 0),
