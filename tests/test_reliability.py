@@ -16,7 +16,7 @@ import pytest
 
 from resnet_jax.checkpoint import Checkpointer, NoUsableCheckpointError, load_numpy
 from resnet_jax.training.loop import train_and_evaluate
-from tests.test_train_loop import QUICKSTART, ROOT, TINY, N, tiny_config
+from tests.test_train_loop import QUICKSTART, ROOT, TINY, N, subprocess_env, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -174,14 +174,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _env(devices):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("RESNET_JAX_WORKER", None)
-    return env
-
-
 HEARTBEAT_S = 4  # the test's bound; the default (100 s) suits TPU pods
 
 
@@ -211,7 +203,7 @@ def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
             subprocess.Popen(
                 base + ["--coordinator_address", f"127.0.0.1:{port}", "--num_processes", "2",
                         "--process_id", str(i)],
-                env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                 start_new_session=True)
             for i in range(2)
         ]

@@ -22,6 +22,7 @@ from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError, load_nu
 from resnet_jax.training.config import load_config
 from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
 from resnet_jax.training.metrics import read_jsonl
+from resnet_jax.training.peers import WORKER_ENV
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
@@ -47,11 +48,13 @@ def tiny_config(*extra):
     return load_config(QUICKSTART, TINY + list(extra))
 
 
-def _env(devices):
-    """Environment of a subprocess with ``devices`` CPU devices (and conftest's compile cache)."""
+def subprocess_env(devices):
+    """Environment of a train.py subprocess with ``devices`` CPU devices (and conftest's compile
+    cache), supervised as a user's run is (a worker flag inherited from outside is dropped)."""
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop(WORKER_ENV, None)
     return env
 
 
@@ -155,7 +158,7 @@ train_and_evaluate(config, sys.argv[2], hooks=[kill])
 def test_sigkill_during_async_save_then_resume_is_identical(straight, tmp_path):
     workdir = str(tmp_path / "run")
     cmd = [sys.executable, "-c", KILL_DRIVER, QUICKSTART, workdir, *TINY]
-    proc = subprocess.run(cmd, env=_env(4), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, env=subprocess_env(4), capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     latest = ckpt.latest_step()
@@ -163,7 +166,7 @@ def test_sigkill_during_async_save_then_resume_is_identical(straight, tmp_path):
     assert latest in (2, 4)  # 4 only if its save completed before the kill; never half-written
     train = [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
              "--workdir", workdir] + [f"--config.{o}" for o in TINY]
-    proc = subprocess.run(train, env=_env(4), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(train, env=subprocess_env(4), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {latest}" in proc.stdout
     last = proc.stdout.strip().splitlines()[-1]
@@ -190,7 +193,7 @@ def test_two_processes_match_one_and_resume(straight, tmp_path):
             subprocess.Popen(
                 base + extra + ["--coordinator_address", f"127.0.0.1:{port}",
                                 "--num_processes", "2", "--process_id", str(i)],
-                env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for i in range(2)
         ]
         outs = [p.communicate(timeout=400) for p in procs]
@@ -325,7 +328,7 @@ def test_runs_without_ema_keep_their_checkpoint_tree_and_refuse_ema_weights(stra
 @pytest.mark.slow
 def test_quickstart_reaches_stated_accuracy(tmp_path):
     """configs/quickstart.py states eval top-1 >= 0.97 (measured 0.98 on 2 cores)."""
-    env = _env(1)
+    env = subprocess_env(1)
     env.pop("XLA_FLAGS")  # exactly what a user runs: one CPU device
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
