@@ -47,8 +47,8 @@ def run_child(cmd: list[str], env: dict[str, str], timeout: float,
     The child sets its own address-space limit (``--mem_limit_gib``): a preexec_fn would fork
     this multithreaded (JAX) process.
     """
-    if mem_limit_gib:
-        cmd = [*cmd, "--mem_limit_gib", str(mem_limit_gib)]
+    # Always passed: the child's own default would cap a child asked to run uncapped (0/None).
+    cmd = [*cmd, "--mem_limit_gib", str(mem_limit_gib or 0)]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -62,7 +62,10 @@ def run_child(cmd: list[str], env: dict[str, str], timeout: float,
     # A native crash ends in stack frames; the cause is the last line that names an error.
     keys = ("Error", "error", "Check failed", "RESOURCE_EXHAUSTED", "bad_alloc", "Killed")
     cause = [ln for ln in lines if any(k in ln for k in keys)][-1:] or lines[-2:]
-    return {"error": f"rc {proc.returncode}: " + " / ".join(cause)[-300:], "wall_s": wall}
+    error = f"rc {proc.returncode}: " + " / ".join(cause)[-300:]
+    if mem_limit_gib:  # out of memory under the cap reads many ways (OOM, pthread_create, ...)
+        error += f" (address space capped at --mem_limit_gib {mem_limit_gib:g}; raise it if short)"
+    return {"error": error, "wall_s": wall}
 
 
 # ---- the child's side ------------------------------------------------------------------------
@@ -95,15 +98,16 @@ def child(args: argparse.Namespace) -> None:
     if args._child == "torch":  # PyTorch alone: no JAX or oneDNN extension in this process
         from benchmarks.step_torch import TorchStep
 
-        torch_step = TorchStep(name, batch, size, classes, dtype)
+        torch_step = TorchStep(name, batch, size, classes, dtype, args.activation,
+                               args.self_attention)
         out = time_alternating({"torch": torch_step}, args.warmup, args.repeats,
                                args.min_seconds)["torch"]
         out["faults_per_step"] = _faults_per_step(torch_step)
         print("RESULT " + json.dumps(out), flush=True)
         return
-    opts = {}
+    opts: dict[str, Any] = dict(activation=args.activation, self_attention=args.self_attention)
     if args._child == "deep":
-        opts = dict(scan_units=bool(args.scan), remat=bool(args.remat))
+        opts.update(scan_units=bool(args.scan), remat=bool(args.remat))
     model = create_model(name, classes, dtype, args.conv_impl, **opts)
     step = JaxStep(model, batch, size, classes, dtype)
     out: dict[str, Any] = {"init_s": step.init_s, "compile_s": step.compile_s,

@@ -36,6 +36,9 @@ def _env(tunables: str) -> dict[str, str]:
 def bench_processes(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Per dtype and variant: ms/step of each round (a fresh process each), faults per step."""
     name, batch = args.models[0], args.batch[0]
+    # The model column names the options that change the network.
+    label = name + (f" + {args.activation}" if args.activation != "relu" else "") + (
+        " + self-attention" if args.self_attention else "")
     rows = []
     for dtype in args.dtypes:
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {v: [] for v in VARIANTS}
@@ -45,9 +48,11 @@ def bench_processes(args: argparse.Namespace) -> list[dict[str, Any]]:
                                  "--dtypes", dtype, "--repeats", str(args.repeats),
                                  "--warmup", str(args.warmup),
                                  "--min_seconds", str(args.min_seconds),
-                                 "--conv_impl", args.conv_impl]
+                                 "--conv_impl", args.conv_impl,
+                                 "--activation", args.activation]
                                 + (["--image_size", str(args.image_size)]
-                                   if args.image_size else []))
+                                   if args.image_size else [])
+                                + (["--self_attention"] if args.self_attention else []))
                 res = run_child(cmd, _env(tunables), args.deep_timeout, None)
                 print(f"# {framework} {tunables or '(default malloc)'} {dtype}: {res}",
                       file=sys.stderr, flush=True)
@@ -62,7 +67,7 @@ def bench_processes(args: argparse.Namespace) -> list[dict[str, Any]]:
                 ms = [r["ms_per_step"] for r in rs if "ms_per_step" in r]
                 faults = [r["faults_per_step"] for r in rs if "faults_per_step" in r]
                 rows.append({
-                    "model": name, "batch": batch, "dtype": dtype, "framework": framework,
+                    "model": label, "batch": batch, "dtype": dtype, "framework": framework,
                     "glibc_tunables": tunables, "ms_all": ms,
                     "ms_per_step": statistics.median(ms) if ms else None,
                     "faults_per_step": statistics.median(faults) if faults else None,

@@ -19,7 +19,8 @@ from benchmarks import step_common
 class TorchStep:
     """PyTorch eager, channels-last: the same network, SGD step, loss and batch."""
 
-    def __init__(self, name: str, batch: int, size: int, classes: int, dtype: str):
+    def __init__(self, name: str, batch: int, size: int, classes: int, dtype: str,
+                 activation: str = "relu", self_attention: bool = False):
         import torch
         import torch.nn.functional as F
 
@@ -28,7 +29,8 @@ class TorchStep:
         torch.set_num_threads(os.cpu_count())
         torch.manual_seed(0)
         self.torch, self.F = torch, F
-        self.net = torch_resnet.build(name, classes).to(memory_format=torch.channels_last).train()
+        net = torch_resnet.build(name, classes, activation, self_attention)
+        self.net = net.to(memory_format=torch.channels_last).train()
         c = step_common.optimizer_config()
         self.opt = torch.optim.SGD(self.net.parameters(), lr=c.learning_rate, momentum=c.momentum,
                                    weight_decay=c.weight_decay, nesterov=c.nesterov)

@@ -6,7 +6,8 @@ as resnet_jax's ``shortcut="A"``), torchvision's ImageNet ResNets from tests/tor
 ResNet-D (Bag of Tricks §4.2, timm's ``resnet50d``: deep 3x3 stem of 32/32/64 channels, 2x2
 average pool before the stride-1 projection shortcut), and SE networks (Hu et al. 2018: timm's
 ``SEModule`` after each bottleneck's last BN), e.g. ``seresnext50d_32x4d``; and fastai's
-``SimpleSelfAttention`` (``with_self_attention``: xresnet's ``sa=True``).
+``SimpleSelfAttention`` (``with_self_attention``: xresnet's ``sa=True``); ``with_activation``
+swaps every ReLU for Mish or SiLU.
 """
 
 from __future__ import annotations
@@ -49,11 +50,12 @@ class CifarBasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         reshape = stride != 1 or inplanes != planes
         self.shortcut = ShortcutA(stride, planes - inplanes) if reshape else nn.Identity()
+        self.relu = nn.ReLU()  # modules, not F.relu: with_activation swaps them
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.relu(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
@@ -67,10 +69,11 @@ class CifarResNet(nn.Module):
                 layers.append(CifarBasicBlock(inplanes, planes, 2 if s > 0 and i == 0 else 1))
                 inplanes = planes
         self.layers = nn.Sequential(*layers)
+        self.relu = nn.ReLU()
         self.fc = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        x = self.layers(self.relu(self.bn1(self.conv1(x))))
         return self.fc(x.mean((2, 3)))
 
 
@@ -143,10 +146,29 @@ def with_self_attention(net: torch_reference.ResNet) -> torch_reference.ResNet:
     return net
 
 
-def build(name: str, num_classes: int) -> nn.Module:
-    """The PyTorch network with resnet_jax's architecture for ``name``."""
+# The PyTorch modules of resnet_jax.models.blocks.NONLINEARITIES.
+ACTIVATIONS = {"relu": nn.ReLU, "mish": nn.Mish, "silu": nn.SiLU}
+
+
+def with_activation(net: nn.Module, activation: str) -> nn.Module:
+    """Every ``nn.ReLU`` (stem, units, SE gates) replaced by ``activation``, as the JAX model's
+    ``activation`` option does."""
+    for module in list(net.modules()):
+        for child_name, child in module.named_children():
+            if isinstance(child, nn.ReLU):
+                setattr(module, child_name, ACTIVATIONS[activation]())
+    return net
+
+
+def build(name: str, num_classes: int, activation: str = "relu",
+          self_attention: bool = False) -> nn.Module:
+    """The PyTorch network with resnet_jax's architecture for ``name`` and its
+    ``activation`` / ``self_attention`` model options."""
     if name in CIFAR_DEPTHS:
-        return CifarResNet(CIFAR_DEPTHS[name], num_classes)
+        if self_attention:
+            raise ValueError(f"no PyTorch twin for {name!r} with self-attention (bottleneck "
+                             "networks only)")
+        return with_activation(CifarResNet(CIFAR_DEPTHS[name], num_classes), activation)
     plain = name.removeprefix("se")
     base = re.sub(r"^(\D+\d+)d", r"\1", plain)  # resnext50d_32x4d -> resnext50_32x4d
     if base not in torch_reference.TORCHVISION:
@@ -155,4 +177,7 @@ def build(name: str, num_classes: int) -> nn.Module:
                          "('se') forms")
     net = resnet_d(base, num_classes) if base != plain else torch_reference.build(base,
                                                                                    num_classes)
-    return with_se(net) if name != plain else net
+    net = with_se(net) if name != plain else net
+    if self_attention:
+        net = with_self_attention(net)
+    return with_activation(net, activation)

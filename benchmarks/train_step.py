@@ -15,6 +15,8 @@ timed in the same process, alternating (A B A B ...), so machine load affects bo
     python benchmarks/train_step.py --xla_sweep --models resnet20 --batch 128
     python benchmarks/train_step.py --deep [--deep_timeout 300]
     python benchmarks/train_step.py --processes --models resnet20 --batch 128
+    python benchmarks/train_step.py --processes --models seresnext50d_32x4d --activation mish \\
+        --self_attention --batch 64 --image_size 128 --dtypes float32
 
 ``--out results.json`` writes every number; ``--write-docs`` replaces this mode's section of
 docs/benchmarks.md with the table, the exact command and the machine.
@@ -49,6 +51,7 @@ from benchmarks import (  # noqa: E402
     step_sweep,
 )
 from benchmarks.step_common import DOCS, write_docs  # noqa: E402
+from resnet_jax.models.blocks import NONLINEARITIES  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,6 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="conv_xla: the same model with conv_impl='xla' (lax's conv backward)")
     p.add_argument("--conv_impl", choices=["auto", "xla", "cpu_fast", "onednn"], default="auto",
                    help="the model's conv_impl (convolution backward pass)")
+    p.add_argument("--activation", choices=sorted(NONLINEARITIES), default="relu",
+                   help="the model's nonlinearity (model_kwargs.activation); --processes only")
+    p.add_argument("--self_attention", action="store_true",
+                   help="fastai's self-attention layer (model_kwargs.self_attention); "
+                        "--processes only")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--min_seconds", type=float, default=1.0, help="length of a timed chunk")
@@ -82,7 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deep_skip", type=lambda s: {
         (m, bool(int(sc)), bool(int(rm))) for m, sc, rm in (x.split(":") for x in csv(s))
     }, default=set(), help="model:scan:remat,... configurations to leave out")
-    p.add_argument("--mem_limit_gib", type=float, default=12.0)
+    p.add_argument("--mem_limit_gib", type=float, default=12.0,
+                   help="address-space cap of each child process, 0 for none (virtual memory, "
+                        "far above the resident size)")
     p.add_argument("--steady_steps", type=int, default=3)
     p.add_argument("--processes", action="store_true",
                    help="JAX and PyTorch in separate fresh processes, alternating, each with "
@@ -93,6 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scan", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--remat", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if (args.activation != "relu" or args.self_attention) and not (args.processes or args._child):
+        p.error("--activation and --self_attention are options of --processes")
     args.models_given = args.models is not None
     if args.models is None:
         args.models = ["resnet20"]

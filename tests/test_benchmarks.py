@@ -11,6 +11,7 @@ import resnet_jax
 from benchmarks import flax_example_resnet, machine, step_processes
 from benchmarks import train_step as bench
 from benchmarks.step_child import child_cmd, run_child
+from resnet_jax.models.blocks import NONLINEARITIES
 from tests.test_models import EXACT_PARAMS
 
 torch = pytest.importorskip("torch", reason="PyTorch is in requirements-dev.txt")
@@ -27,13 +28,6 @@ def test_twins_have_the_published_parameter_counts():
     assert (flax50_count, torch20_count) == (EXACT_PARAMS["resnet50"], EXACT_PARAMS["resnet20"])
 
 
-def _relu_to_mish(net: torch.nn.Module) -> None:
-    for module in list(net.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, torch.nn.ReLU):
-                setattr(module, name, torch.nn.Mish())
-
-
 @pytest.mark.parametrize(("name", "activation", "self_attention"),
                          [("resnet50d", "relu", False), ("seresnext50d_32x4d", "mish", True)])
 def test_resnet_d_twins_are_the_same_network(name, activation, self_attention):
@@ -41,11 +35,7 @@ def test_resnet_d_twins_are_the_same_network(name, activation, self_attention):
     # the same weights. ResNet-50-D with timm's parameter count; fastai's xse_resnext50 (SE
     # gates in timm's layout, grouped 3x3s, self-attention in stage 1's last unit) with Mish in
     # place of every ReLU, SE's included.
-    twin = torch_resnet.build(name, 5)
-    if self_attention:
-        twin = torch_resnet.with_self_attention(twin)
-    if activation == "mish":
-        _relu_to_mish(twin)
+    twin = torch_resnet.build(name, 5, activation, self_attention)
     if name == "resnet50d":
         assert sum(p.numel() for p in torch_resnet.build(name, 1000).parameters()) == (
             EXACT_PARAMS[name])
@@ -133,15 +123,22 @@ def test_peak_override_and_unknown_model():
         torch_resnet.build("resnet9000", 10)
 
 
+@pytest.mark.parametrize(("options", "label"), [
+    ([], "resnet20"),
+    (["--activation", "mish", "--self_attention"], "resnet20 + mish + self-attention")])
 def test_processes_mode_runs_each_framework_and_malloc_alone_and_pairs_rounds(
-        tmp_path, monkeypatch):
+        tmp_path, monkeypatch, options, label):
     # The orchestration, with each child's result made up (real children: the test below):
     # four fresh processes per round, GLIBC_TUNABLES set only for the hugetlb ones (and an
-    # inherited one removed), JAX/PyTorch ratios taken within a round.
+    # inherited one removed), the model options passed to every child, JAX/PyTorch ratios
+    # taken within a round.
     calls = []
 
     def fake_child(cmd, env, timeout, mem_limit_gib):
         framework = cmd[cmd.index("--_child") + 1]
+        activation = cmd[cmd.index("--activation") + 1]
+        assert (activation, "--self_attention" in cmd) == (
+            "mish" if options else "relu", bool(options))
         calls.append((framework, env.get("GLIBC_TUNABLES", "")))
         return {"ms_per_step": {"jax": 10.0, "torch": 30.0}[framework] + len(calls),
                 "faults_per_step": float(len(calls))}
@@ -150,12 +147,13 @@ def test_processes_mode_runs_each_framework_and_malloc_alone_and_pairs_rounds(
     monkeypatch.setattr(step_processes, "run_child", fake_child)
     out = tmp_path / "processes.json"
     bench.main(["--processes", "--models", "resnet20", "--batch", "8", "--dtypes", "float32",
-                "--rounds", "2", "--out", str(out)])
+                "--rounds", "2", "--out", str(out), *options])
     variants = [("jax", ""), ("torch", ""), ("jax", step_processes.HUGETLB),
                 ("torch", step_processes.HUGETLB)]
     assert calls == variants * 2  # rounds alternate all four
     rows = json.loads(out.read_text())["rows"]
     assert [(r["framework"], r["glibc_tunables"]) for r in rows] == variants
+    assert {r["model"] for r in rows} == {label}
     # Call k (1-based) took base + k ms: variant v ran as calls v+1 and v+5.
     for v, row in enumerate(rows):
         base = 10.0 if row["framework"] == "jax" else 30.0
@@ -167,13 +165,36 @@ def test_processes_mode_runs_each_framework_and_malloc_alone_and_pairs_rounds(
         assert jax_row["jax_over_torch"] == pytest.approx((t[0] / j[0] + t[1] / j[1]) / 2)
 
 
-@pytest.mark.parametrize(("framework", "tunables"), [("jax", step_processes.HUGETLB),
-                                                     ("torch", "")])
-def test_a_child_process_times_one_framework(framework, tunables):
+@pytest.mark.parametrize(("framework", "tunables", "options"), [
+    ("jax", step_processes.HUGETLB, ["--activation", "mish", "--self_attention"]),
+    ("torch", "", ["--activation", "mish"])])
+def test_a_child_process_times_one_framework(framework, tunables, options):
     # What each --processes round runs: a fresh process that reports ms/step and page faults.
     cmd = child_cmd(["--_child", framework, "--models", "resnet20", "--batch", "8", "--dtypes",
                      "float32", "--warmup", "1", "--repeats", "1", "--min_seconds", "0.01",
-                     "--conv_impl", "auto"])
+                     "--conv_impl", "auto", *options])
     result = run_child(cmd, step_processes._env(tunables), timeout=300, mem_limit_gib=None)
     assert "error" not in result, result
     assert result["ms_per_step"] > 0 and result["faults_per_step"] >= 0
+
+
+def test_a_child_short_of_memory_names_the_cap_to_raise():
+    cmd = child_cmd(["--_child", "jax", "--models", "resnet20", "--batch", "8", "--dtypes",
+                     "float32", "--warmup", "1", "--repeats", "1", "--conv_impl", "auto"])
+    result = run_child(cmd, step_processes._env(""), timeout=300, mem_limit_gib=0.5)
+    assert "raise it if short" in result["error"] and "--mem_limit_gib 0.5" in result["error"]
+
+
+def test_model_options_are_processes_options_and_twins_take_them(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--models", "resnet20", "--activation", "mish"])
+    assert "--activation and --self_attention are options of --processes" in (
+        capsys.readouterr().err)
+    # The twins' activations are the JAX model's (blocks.NONLINEARITIES), swapped everywhere,
+    # the CIFAR nets' included.
+    assert set(torch_resnet.ACTIVATIONS) == set(NONLINEARITIES)
+    for name in ("resnet20", "seresnext50d_32x4d"):
+        kinds = {type(m) for m in torch_resnet.build(name, 10, "mish").modules()}
+        assert torch.nn.Mish in kinds and torch.nn.ReLU not in kinds, name
+    with pytest.raises(ValueError, match="self-attention"):
+        torch_resnet.build("resnet20", 10, self_attention=True)
