@@ -81,16 +81,17 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(True)]
 
 
-def resnet_d(name: str, num_classes: int) -> torch_reference.ResNet:
+def resnet_d(name: str, num_classes: int, down_pool: str = "avg") -> torch_reference.ResNet:
     """torchvision's ResNet ``name`` turned into ResNet-D, as resnet_jax's ``stem="deep",
-    avg_down=True``."""
+    avg_down=True`` (and ``down_pool``)."""
     net = torch_reference.build(name, num_classes)
     net.conv1 = nn.Sequential(*_conv_bn_relu(3, 32, 2), *_conv_bn_relu(32, 32, 1),
                               nn.Conv2d(32, 64, 3, 1, 1, bias=False))
     for stage in (net.layer2, net.layer3, net.layer4):
         conv = stage[0].downsample[0]
         stage[0].downsample = nn.Sequential(
-            nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+            nn.MaxPool2d(2, 2, ceil_mode=True) if down_pool == "max"
+            else nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
             nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False),
             stage[0].downsample[1])
     return net
@@ -161,9 +162,9 @@ def with_activation(net: nn.Module, activation: str) -> nn.Module:
 
 
 def build(name: str, num_classes: int, activation: str = "relu",
-          self_attention: bool = False) -> nn.Module:
+          self_attention: bool = False, down_pool: str = "avg") -> nn.Module:
     """The PyTorch network with resnet_jax's architecture for ``name`` and its
-    ``activation`` / ``self_attention`` model options."""
+    ``activation`` / ``self_attention`` / ``down_pool`` model options."""
     if name in CIFAR_DEPTHS:
         if self_attention:
             raise ValueError(f"no PyTorch twin for {name!r} with self-attention (bottleneck "
@@ -175,8 +176,10 @@ def build(name: str, num_classes: int, activation: str = "relu",
         raise ValueError(f"no PyTorch twin for {name!r}; have {sorted(CIFAR_DEPTHS)}, "
                          f"{sorted(torch_reference.TORCHVISION)}, their ResNet-D ('d') and SE "
                          "('se') forms")
-    net = resnet_d(base, num_classes) if base != plain else torch_reference.build(base,
-                                                                                   num_classes)
+    if base == plain and down_pool != "avg":
+        raise ValueError(f"down_pool applies to ResNet-D ('d') twins, not {name!r}")
+    net = (resnet_d(base, num_classes, down_pool) if base != plain
+           else torch_reference.build(base, num_classes))
     net = with_se(net) if name != plain else net
     if self_attention:
         net = with_self_attention(net)

@@ -28,19 +28,20 @@ def test_twins_have_the_published_parameter_counts():
     assert (flax50_count, torch20_count) == (EXACT_PARAMS["resnet50"], EXACT_PARAMS["resnet20"])
 
 
-@pytest.mark.parametrize(("name", "activation", "self_attention"),
-                         [("resnet50d", "relu", False), ("seresnext50d_32x4d", "mish", True)])
-def test_resnet_d_twins_are_the_same_network(name, activation, self_attention):
+@pytest.mark.parametrize(("name", "activation", "self_attention", "down_pool"), [
+    ("resnet50d", "relu", False, "avg"), ("seresnext50d_32x4d", "mish", True, "avg"),
+    ("seresnext50d_32x4d", "mish", True, "max")])
+def test_resnet_d_twins_are_the_same_network(name, activation, self_attention, down_pool):
     # The leaderboard runs' models (configs/imagenette.py) against PyTorch: the same logits from
     # the same weights. ResNet-50-D with timm's parameter count; fastai's xse_resnext50 (SE
     # gates in timm's layout, grouped 3x3s, self-attention in stage 1's last unit) with Mish in
-    # place of every ReLU, SE's included.
-    twin = torch_resnet.build(name, 5, activation, self_attention)
+    # place of every ReLU, SE's included, and with the max-pool shortcuts of its --pool MaxPool.
+    twin = torch_resnet.build(name, 5, activation, self_attention, down_pool)
     if name == "resnet50d":
         assert sum(p.numel() for p in torch_resnet.build(name, 1000).parameters()) == (
             EXACT_PARAMS[name])
     model = resnet_jax.create_model(name, num_classes=5, activation=activation,
-                                    self_attention=self_attention)
+                                    self_attention=self_attention, down_pool=down_pool)
     images = jax.random.normal(jax.random.key(0), (2, 72, 72, 3))  # odd maps: ceil-mode pools
     variables = model.init(jax.random.key(1), images, train=False)
     # Running statistics of these images (momentum 0 keeps the batch's), so that activations

@@ -145,6 +145,17 @@ def test_squeeze_excite_gate():
             jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
 
 
+def test_down_pool_errors():
+    # The max-pool shortcut's logits are checked against PyTorch in test_benchmarks.py.
+    x = jnp.zeros((1, 32, 32, 3))
+    with pytest.raises(ValueError, match="down_pool must be one of"):
+        resnet_jax.create_model("resnet50d", down_pool="min").init(jax.random.key(0), x,
+                                                                   train=False)
+    with pytest.raises(ValueError, match="set avg_down=True"):
+        resnet_jax.create_model("resnet18", down_pool="max").init(jax.random.key(0), x,
+                                                                  train=False)
+
+
 @pytest.mark.parametrize("name", resnet_jax.list_models())
 def test_every_model_builds_with_the_right_output_shape(name):
     out = _abstract(name)[0]

@@ -108,6 +108,17 @@ def test_config_argument_and_paper_recipe():
         128, 0.1, 1e-4, 0.9)
 
 
+def test_imagenette_cells_validate_in_fastais_view():
+    # fastai's RandomResizedCrop in validation: resize to S + ceil(0.14 S / 8) * 8, centre S.
+    nette = os.path.join(ROOT, "configs", "imagenette.py")
+    for variant, resized in (("5ep_128", 152), ("20ep_128", 152), ("5ep_192", 224)):
+        c = load_config(f"{nette}:{variant}")
+        assert c.dataset_options.crop_fraction == pytest.approx(c.image_size / resized)
+    assert not load_config(f"{nette}:baseline").dataset_options.get("crop_fraction")
+    with pytest.raises(ValueError, match="unknown Imagenette variant"):
+        load_config(f"{nette}:7ep_128")
+
+
 def test_train_py_reports_config_errors(capsys):
     import importlib.util
 

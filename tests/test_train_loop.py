@@ -295,7 +295,7 @@ def test_ema_accumulation_and_ranger_resume_identically_and_both_weights_are_eva
                                   a["ema"]["params"]["fc"]["kernel"])
 
 
-def test_eval_image_size_evaluates_and_records_the_test_size(tmp_path, capsys):
+def test_eval_image_size_is_recorded_and_evaluate_takes_other_views(tmp_path, capsys):
     from resnet_jax.inference import load_run
     from resnet_jax.training import evaluate
 
@@ -312,6 +312,13 @@ def test_eval_image_size_evaluates_and_records_the_test_size(tmp_path, capsys):
         results[size] = json.loads(out[len("result: "):])
     assert results["12"]["loss"] == pytest.approx(summary["eval_loss"], abs=1e-6)
     assert results["8"]["loss"] != pytest.approx(summary["eval_loss"], abs=1e-6)
+    # Another centre crop (fastai's validation view is 128/152 of the image at 128 px).
+    assert evaluate.main(["--workdir", workdir, "--crop_fraction", "0.5"]) == 0
+    half = json.loads(capsys.readouterr().out.strip().splitlines()[-1][len("result: "):])
+    assert half["loss"] != pytest.approx(summary["eval_loss"], abs=1e-6)
+    with pytest.raises(SystemExit):
+        evaluate.main(["--workdir", workdir, "--crop_fraction", "1.5"])
+    assert "--crop_fraction must be in (0, 1]" in capsys.readouterr().err
 
 
 def test_runs_without_ema_keep_their_checkpoint_tree_and_refuse_ema_weights(straight, capsys):

@@ -68,6 +68,9 @@ ACTIVATIONS: dict[str, Activation] = {
 ORDERS = tuple(ACTIVATIONS)
 PREACT_ORDERS = tuple(order for order, act in ACTIVATIONS.items() if act.preact)
 SHORTCUTS = ("A", "B", "C", "none")
+# The 2x2 pool of an ``avg_down`` shortcut: ResNet-D's average, or the max of fastai's xresnet
+# run with ``--pool MaxPool`` (its 2020-01 Imagenette recipe).
+DOWN_POOLS = ("avg", "max")
 PREACT_MODES = ("residual", "both", "none")
 
 
@@ -230,6 +233,7 @@ class ResidualUnit(nn.Module):
         projection only where the shape changes; ``C`` projection everywhere; ``none`` plain net.
       stride_in_1x1: stride on the bottleneck's first 1x1 (2015 paper, v1), not its 3x3 (v1.5).
       avg_down: projection shortcut as 2x2 average pool then stride-1 1x1 conv (ResNet-D).
+      down_pool: that pool, ``avg`` (ResNet-D) or ``max`` (fastai's ``--pool MaxPool``).
       groups, base_width: bottleneck 3x3 width = int(features * base_width / 64) * groups
         (ResNeXt, Wide ResNet; the formula torchvision uses).
       zero_init_residual: initialise the branch's last BN scale to zero (or, where the branch
@@ -262,6 +266,7 @@ class ResidualUnit(nn.Module):
     shortcut: str = "B"
     stride_in_1x1: bool = False
     avg_down: bool = False
+    down_pool: str = "avg"
     groups: int = 1
     base_width: int = 64
     zero_init_residual: bool = False
@@ -287,6 +292,10 @@ class ResidualUnit(nn.Module):
         if self.preact not in PREACT_MODES:
             raise ValueError(f"preact must be one of {PREACT_MODES}, got {self.preact!r}")
         check_activation(self.activation)
+        if self.down_pool not in DOWN_POOLS:
+            raise ValueError(f"down_pool must be one of {DOWN_POOLS}, got {self.down_pool!r}")
+        if self.down_pool != "avg" and not self.avg_down:
+            raise ValueError("down_pool is the pool of avg_down shortcuts; set avg_down=True")
         if self.se_reduction < 0:
             raise ValueError(f"se_reduction must be >= 0 (0: no SE), got {self.se_reduction}")
         if not self.bottleneck and (self.groups != 1 or self.base_width != 64):
@@ -323,7 +332,10 @@ class ResidualUnit(nn.Module):
         if self.avg_down and strides > 1:
             # ResNet-D: let the 1x1 see every pixel instead of skipping 3 of 4 (ceil mode).
             pads = ((0, x.shape[1] % 2), (0, x.shape[2] % 2))
-            x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding=pads, count_include_pad=False)
+            if self.down_pool == "max":  # pads with -inf: PyTorch's MaxPool2d(2, ceil_mode=True)
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding=pads)
+            else:
+                x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding=pads, count_include_pad=False)
             strides = 1
         x = self.conv(self.out_features, 1, strides, name="downsample_conv")(x)
         if not act.preact:  # pre-activation nets project without BN (Identity Mappings' code)

@@ -117,7 +117,7 @@ class ResNet(nn.Module):
         BN, ReLU; 2015 §4.2) or ``deep`` (three 3x3 convs then max-pool; ResNet-D).
       stem_width: channels of the stem (the deep stem's first two convs use half of it).
       width_multiplier: multiplies stage_widths (Wide ResNet's k).
-      order, shortcut, stride_in_1x1, avg_down, groups, base_width, zero_init_residual:
+      order, shortcut, stride_in_1x1, avg_down, down_pool, groups, base_width, zero_init_residual:
         see ``ResidualUnit``.
       activation: ``relu`` (the papers), ``mish`` (fastai's xresnet) or ``silu``: the
         nonlinearity of the stem and every unit (``blocks.NONLINEARITIES``).
@@ -171,6 +171,7 @@ class ResNet(nn.Module):
     shortcut: str = "B"
     stride_in_1x1: bool = False
     avg_down: bool = False
+    down_pool: str = "avg"
     groups: int = 1
     base_width: int = 64
     zero_init_residual: bool = False
@@ -253,8 +254,9 @@ class ResNet(nn.Module):
             ResidualUnit, conv=conv_part, norm=norm_part, squeeze_excite=se_part,
             attention=sa_part,
             bottleneck=self.bottleneck, order=self.order, shortcut=self.shortcut,
-            stride_in_1x1=self.stride_in_1x1, avg_down=self.avg_down, groups=self.groups,
-            base_width=self.base_width, zero_init_residual=self.zero_init_residual,
+            stride_in_1x1=self.stride_in_1x1, avg_down=self.avg_down, down_pool=self.down_pool,
+            groups=self.groups, base_width=self.base_width,
+            zero_init_residual=self.zero_init_residual,
             dropout_rate=self.block_dropout_rate, activation=self.activation,
             se_reduction=self.se_reduction,
         )

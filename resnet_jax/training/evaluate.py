@@ -19,7 +19,8 @@ preprocessing), on its own eval split or any split or folder with the same class
 ``--workdir``s form an ensemble (2015 paper Sec. 3.4, Table 5): each model's and the ensemble's
 (averaged probabilities) top-1/top-5 are reported. Views: "center" (single crop), "ten_crop"
 (Table 3) and "multi_scale" (fully convolutional at several scales, Table 4); the softmax is
-averaged over views. The last line is ``result: {json}``.
+averaged over views. ``--image_size`` and ``--crop_fraction`` (the centre view's share of the
+shorter side) replace the run's recorded ones. The last line is ``result: {json}``.
 """
 
 from __future__ import annotations
@@ -140,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", help="dataset directory (default: the run's)")
     p.add_argument("--split", help="split (default: the run's eval split)")
     p.add_argument("--image_size", type=int, help="image size (default: the run's)")
+    p.add_argument("--crop_fraction", type=float,
+                   help="centre view: the shorter side's fraction cropped before resizing to "
+                        "--image_size (default: the run's / the weights' source's)")
     p.add_argument("--normalization", choices=NORMALIZATIONS,
                    help="with --torchvision: 'imagenet' for torchvision's ImageNet weights "
                         "(default: the dataset's; --weights: imagenet); runs use their recorded "
@@ -149,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if sum(map(bool, (args.workdir, args.torchvision, args.weights))) != 1:
         p.error("pass --workdir (one or more), --torchvision or --weights")
+    if args.crop_fraction is not None and not 0 < args.crop_fraction <= 1:
+        p.error(f"--crop_fraction must be in (0, 1], got {args.crop_fraction}")
     if args.normalization and args.workdir:
         p.error("--normalization is for --torchvision; a run uses its recorded normalisation")
     from resnet_jax.data import DataError
@@ -197,12 +203,15 @@ def _evaluate(args: argparse.Namespace, p: argparse.ArgumentParser) -> int:
     if args.workdir:
         runs = [load_run(w, args.step, args.inference_weights) for w in args.workdir]
         config = runs[0].config
-        if args.image_size:
-            for run in runs:
-                run.spec = dataclasses.replace(run.spec, image_size=args.image_size)
+        views = {"image_size": args.image_size, "crop_fraction": args.crop_fraction}
+        views = {k: v for k, v in views.items() if v is not None}
+        for run in runs:
+            run.spec = dataclasses.replace(run.spec, **views)
         source = ", ".join(f"{r.directory} step {r.step}" for r in runs)
     else:
         variables, config, source = _state_dict_weights(args, p)
+        if args.crop_fraction is not None:
+            config.dataset_options.crop_fraction = args.crop_fraction
     for key, value in (
         ("dataset", args.dataset),
         ("data_dir", args.data_dir),
