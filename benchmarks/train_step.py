@@ -91,8 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         (m, bool(int(sc)), bool(int(rm))) for m, sc, rm in (x.split(":") for x in csv(s))
     }, default=set(), help="model:scan:remat,... configurations to leave out")
     p.add_argument("--mem_limit_gib", type=float, default=12.0,
-                   help="address-space cap of each child process, 0 for none (virtual memory, "
-                        "far above the resident size)")
+                   help="--deep: address-space cap of each child process, 0 for none (virtual "
+                        "memory, far above the resident size; --processes children run uncapped)")
     p.add_argument("--steady_steps", type=int, default=3)
     p.add_argument("--processes", action="store_true",
                    help="JAX and PyTorch in separate fresh processes, alternating, each with "
