@@ -20,9 +20,11 @@ import pytest
 
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError, load_numpy
 from resnet_jax.training.config import load_config
+from resnet_jax.training.host import SET_BY_TRAIN_ENV
 from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
 from resnet_jax.training.metrics import read_jsonl
 from resnet_jax.training.peers import WORKER_ENV
+from tests.test_host import expected_malloc_note
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 QUICKSTART = os.path.join(ROOT, "configs", "quickstart.py")
@@ -55,6 +57,8 @@ def subprocess_env(devices):
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop(WORKER_ENV, None)
+    for name in ("GLIBC_TUNABLES", SET_BY_TRAIN_ENV):  # train.py decides, as in a user's shell
+        env.pop(name, None)
     return env
 
 
@@ -169,6 +173,7 @@ def test_sigkill_during_async_save_then_resume_is_identical(straight, tmp_path):
     proc = subprocess.run(train, env=subprocess_env(4), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {latest}" in proc.stdout
+    assert expected_malloc_note(subprocess_env(4)) in proc.stdout  # re-executed with huge pages
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("final: ")
     final = json.loads(last[len("final: "):])
@@ -203,6 +208,7 @@ def test_two_processes_match_one_and_resume(straight, tmp_path):
         assert "final: " not in outs[1][0]  # only process 0 reports
         assert final["step"] == (N // 2 if extra else N)
     assert "4 devices (2 processes)" in outs[0][0] and "resumed from step 4" in outs[0][0]
+    assert expected_malloc_note(subprocess_env(2)) in outs[0][0]  # supervised, re-executed
     _assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
 
 

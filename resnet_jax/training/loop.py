@@ -22,7 +22,7 @@ import ml_collections
 
 from resnet_jax import fs
 from resnet_jax.checkpoint import Checkpointer
-from resnet_jax.training import optim
+from resnet_jax.training import host, optim
 from resnet_jax.training.metrics import MetricWriter, Progress, TrainingDivergedError, TrainMetrics
 from resnet_jax.training.parallel import DataParallel
 from resnet_jax.training.prepare import Run, check_workdir, prepare
@@ -155,6 +155,8 @@ def _log_start(run: Run, progress: Progress) -> None:
         f"({jax.process_count()} processes), {config.parallel}, {run.precision}"
         + (f"; resumed from step {run.start_step}" if run.start_step else "")
     )
+    if jax.default_backend() == "cpu":  # the step's speed on a CPU depends on it (~1.3x)
+        progress.log(host.huge_pages_note())
     if run.init_message:
         progress.log(run.init_message)
     recipe = _describe_recipe(config)

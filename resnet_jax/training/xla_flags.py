@@ -9,24 +9,11 @@ import os
 import ml_collections
 
 from resnet_jax.errors import ConfigError
+from resnet_jax.training.host import gpu_plugin_installed
 
 # Recommended on GPUs (JAX "GPU performance tips"; the default of NVIDIA's JAX-Toolbox images):
 # lets XLA overlap the gradient all-reduce with the backward pass on several GPUs.
 GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
-
-
-def gpu_plugin_installed() -> bool:
-    """Whether a CUDA or ROCm plugin of jaxlib is installed (checked without starting JAX)."""
-    import pkgutil
-
-    names = [m.name for m in pkgutil.iter_modules()]
-    try:
-        import jax_plugins
-
-        names += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
-    except ImportError:
-        pass
-    return any(("cuda" in n or "rocm" in n) and ("jax" in n or "xla" in n) for n in names)
 
 
 def xla_flags_for(setting: str) -> list[str]:
