@@ -4,7 +4,8 @@ Forward, input gradient and weight gradient equal ``lax.conv_general_dilated`` w
 (float32 to 1e-5 of the largest magnitude, as tests/test_conv.py; bfloat16 to 2e-2) over kernel
 sizes, strides, paddings and groups, under jit, scan, vmap and shard_map over the 8 simulated
 devices, and a ResNet-20's gradient equals the one with ``conv_impl="xla"``. Skipped where the
-extension cannot be built (oneDNN wheels or a C++ compiler missing).
+extension cannot be built (oneDNN wheels or a C++ compiler missing); the bfloat16 cases where the
+CPU has no oneDNN bfloat16 kernels (AVX2-only CPUs such as Zen 1), which then take XLA's path.
 """
 
 import functools
@@ -69,7 +70,13 @@ CASES = [  # kernel, stride, groups, size, pads (None: k // 2 on every side)
 ]
 
 
-@pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)],
+NO_BF16 = pytest.mark.skipif(
+    onednn.available() and not onednn.supports(jnp.bfloat16),
+    reason="this CPU has no oneDNN bfloat16 convolutions (needs AVX-512 or AVX2-VNNI-2)")
+
+
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 1e-5),
+                                        pytest.param(jnp.bfloat16, 2e-2, marks=NO_BF16)],
                          ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("kernel,stride,groups,size,pads", CASES)
 def test_matches_lax(kernel, stride, groups, size, pads, dtype, rtol):
@@ -140,6 +147,25 @@ def test_unsupported_cases_fall_back():
                                lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)),
                                                         dimension_numbers=DN), rtol=1e-5,
                                atol=1e-5)
+
+
+def test_dtype_support_is_probed_and_an_unsupported_dtype_falls_back(monkeypatch):
+    # float32 runs everywhere oneDNN does; float16 has no oneDNN kernels here; a dtype the CPU
+    # lacks (bfloat16 without AVX-512) takes the cpu_fast path with the same values.
+    assert onednn.supports(jnp.float32) and not onednn.supports(jnp.float16)
+    assert isinstance(onednn.supports(jnp.bfloat16), bool)  # probed once, never raises
+    x, w = _inputs((2, 6, 6, 4), (3, 3, 4, 4))
+
+    def fn(x, w):  # a new function per trace (jit caches traces by function)
+        return conv(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)
+
+    assert _uses_onednn(fn, x, w)
+    monkeypatch.setitem(onednn._state, "dtypes", {jnp.dtype(jnp.float32): False})
+    assert not onednn.supports(jnp.float32) and not _uses_onednn(lambda x, w: fn(x, w), x, w)
+    want = _value_and_grads(lax.conv_general_dilated, x, w, (2, 2), ((1, 1), (1, 1)), 1)
+    got = _value_and_grads(conv, x, w, (2, 2), ((1, 1), (1, 1)), 1)
+    for a, b in zip(want, got, strict=True):
+        _close(a, b, 1e-5)
 
 
 def test_conv_impl_names():

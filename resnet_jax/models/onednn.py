@@ -12,7 +12,8 @@ uses it on the CPU backend when :func:`available`.
 
 :func:`available` never raises: without the wheels, a C++ compiler (``$CXX`` or ``g++``) or on a
 platform the wheels do not cover it returns False, logs why once, and callers keep the
-``cpu_fast`` path. ``RESNET_JAX_ONEDNN=0`` turns the oneDNN path off.
+``cpu_fast`` path; so does a dtype this CPU has no oneDNN kernels for (:func:`supports`).
+``RESNET_JAX_ONEDNN=0`` turns the oneDNN path off.
 
 oneDNN runs its kernels on OpenMP (GNU libgomp) threads, as many as ``OMP_NUM_THREADS`` or the
 cores, next to XLA's own intra-op thread pool; the two take turns (a convolution call blocks its
@@ -202,6 +203,23 @@ def available() -> bool:
         return ok
 
 
+def supports(dtype: Any) -> bool:
+    """True when oneDNN has convolutions of ``dtype`` on this CPU (checked once per dtype by
+    creating the three passes; bfloat16 needs AVX-512 or AVX2-VNNI-2, so e.g. an AVX2-only
+    Zen 1 has none). A dtype it lacks runs the ``cpu_fast`` path, said once in the log."""
+    dtype = jnp.dtype(dtype)
+    if dtype not in DTYPES or not available():
+        return False
+    with _lock:
+        known = _state.setdefault("dtypes", {})
+        if dtype not in known:
+            known[dtype] = bool(_state["library"].resnet_jax_onednn_supports(DTYPES.index(dtype)))
+            if not known[dtype]:
+                logger.info("oneDNN has no %s convolutions on this CPU, using XLA's for them",
+                            dtype.name)
+        return known[dtype]
+
+
 def unavailable_reason() -> str:
     """Why :func:`available` is False ('' when it is True)."""
     available()
@@ -296,9 +314,10 @@ def conv_general_dilated(
     """``lax.conv_general_dilated`` run by oneDNN (forward, input and weight gradient).
 
     Same cases as :func:`~resnet_jax.models.cpu_conv.cpu_fast_conv_general_dilated` (2-D
-    NHWC/HWIO, no dilation, one dtype, no precision/preferred type), for float32 and bfloat16,
-    with non-negative padding; anything else, oneDNN not :func:`available`, or a default
-    backend other than the CPU (the calls are XLA:CPU custom calls) goes to that function."""
+    NHWC/HWIO, no dilation, one dtype, no precision/preferred type), for float32 and bfloat16
+    (where this CPU :func:`supports` it), with non-negative padding; anything else, oneDNN not
+    :func:`available`, or a default backend other than the CPU (the calls are XLA:CPU custom
+    calls) goes to that function."""
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
     plain = plain_conv_args(*args)
@@ -310,7 +329,7 @@ def conv_general_dilated(
     ho = (h + pads[0][0] + pads[0][1] - kh) // strides[0] + 1
     wo = (w + pads[1][0] + pads[1][1] - kw) // strides[1] + 1
     if (min(p for pair in pads for p in pair) < 0 or ho < 1 or wo < 1 or c != cg * groups
-            or o % groups or jax.default_backend() != "cpu" or not available()):
+            or o % groups or jax.default_backend() != "cpu" or not supports(lhs.dtype)):
         return cpu_fast_conv_general_dilated(*args)
     vma = _varying(lhs) | _varying(rhs)
     if vma:  # both operands vary over the same shard_map axes (autodiff psums rhs's gradient)

@@ -9,7 +9,8 @@
 //   resnet_jax_onednn_conv_bwd_weights  (x [N,H,W,C],   g [N,Ho,Wo,O])  -> dw [KH,KW,C/G,O]
 //
 // Attributes (int64): stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right, groups.
-// Every shape comes from the buffers, so one handler serves every layer.
+// Every shape comes from the buffers, so one handler serves every layer. resnet_jax_onednn_supports
+// (plain C) says whether this CPU has oneDNN kernels for a dtype.
 //
 // Activations are oneDNN's plain nhwc (XLA's layout, read and written in place). The kernel is
 // passed to the primitive in the layout oneDNN prefers for it (format_tag::any) and reordered
@@ -307,6 +308,24 @@ ffi::Error ConvBwdWeights(ffi::AnyBuffer x, ffi::AnyBuffer g, ffi::Result<ffi::A
 }
 
 }  // namespace
+
+// 1 when oneDNN can create all three passes for `type_code` (0 float32, 1 bfloat16) on this CPU,
+// else 0: oneDNN's bf16 convolutions need AVX-512 (or AVX2-VNNI-2), and without them every bf16
+// primitive fails at creation, so Python checks here at trace time and keeps such dtypes on XLA.
+// Probes a plain and a grouped strided geometry; nothing is added to the primitive cache.
+extern "C" int resnet_jax_onednn_supports(int type_code) {
+  const dt type = type_code == 0 ? dt::f32 : type_code == 1 ? dt::bf16 : dt::undef;
+  if (type == dt::undef) return 0;
+  const Geometry probes[] = {{1, 8, 8, 16, 8, 8, 16, 3, 3, 16, 1, 1, 1, 1, 1, 1, 1},
+                             {1, 8, 8, 16, 4, 4, 16, 3, 3, 8, 2, 2, 2, 1, 1, 1, 1}};
+  try {
+    for (const Geometry& g : probes)
+      for (Kind kind : {kFwd, kBwdData, kBwdWeights}) Create(kind, g, type);
+  } catch (const std::exception&) {
+    return 0;
+  }
+  return 1;
+}
 
 #define RESNET_JAX_CONV_BINDING()  \
   ffi::Ffi::Bind()                          \
