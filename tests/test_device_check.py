@@ -16,6 +16,7 @@ STEPS = ("env", "train_step", "input_pipeline", "cifar")
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its smoke budget is wall-clock
 @pytest.mark.skipif(
     not (testing.CIFAR10_ARCHIVE.exists() and testing.IMAGENETTE_ARCHIVE.exists()),
     reason="needs the archives of ../shared/datasets",

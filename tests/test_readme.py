@@ -29,7 +29,9 @@ def test_readme_opens_with_the_main_and_test_commands():
     blocks = re.findall(r"<!-- (main|test)-command -->\n```bash\n(.+?)\n```", README)
     assert [kind for kind, _ in blocks] == ["main", "test"]
     assert "train.py --config configs/quickstart.py" in blocks[0][1]
-    assert blocks[1][1].endswith("pytest -q")
+    # Both cores (pytest-xdist, one worker per test file), then the wall-clock tests alone.
+    assert blocks[1][1].endswith(
+        'pytest -q -n 2 --dist loadfile -m "not serial" && pytest -q -m serial')
     assert "test-command" in (ROOT / ".ci/run").read_text()
 
 

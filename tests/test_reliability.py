@@ -177,6 +177,7 @@ def _free_port():
 HEARTBEAT_S = 4  # the test's bound; the default (100 s) suits TPU pods
 
 
+@pytest.mark.serial  # bounds the survivor's exit time
 @pytest.mark.parametrize("victim", [1, 0])
 def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
     """2 processes x 2 CPU devices; one is killed (process group: supervisor and worker, as a
