@@ -7,9 +7,17 @@ import shutil
 import tempfile
 
 # Must be set before JAX initialises its backends (first import of jax anywhere in the suite).
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+_flags = os.environ.get("XLA_FLAGS", "").split()
+_flags.append("--xla_force_host_platform_device_count=8")
+# LLVM's -O1 instead of XLA:CPU's default -O2: the same semantics (fast-math settings are
+# separate flags), but -O2 spends 3-25 s compiling each eager jax.random draw of a small
+# many-dimensional shape (threefry's rounds, fully unrolled; (3, 3, 8, 12): 26 s vs 0.35 s on
+# a Zen 1), which most tests make for their inputs. A user's own setting wins.
+# train.py subprocesses that set their own XLA_FLAGS (device counts) add this too.
+COMPILE_FLAGS = [f for f in _flags if f.startswith("--xla_backend_optimization_level")] or [
+    "--xla_backend_optimization_level=1"]
+_flags += [f for f in COMPILE_FLAGS if f not in _flags]
+os.environ["XLA_FLAGS"] = " ".join(_flags)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Compilation is most of the suite's time, and many tests (and the train.py processes they
@@ -22,3 +30,15 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+# The longest files first (by --durations on 2 cores), so that under `-n 2 --dist loadfile` the
+# short files fill in beside them instead of one of these running alone at the end
+# (longest-processing-time-first scheduling; without xdist the order changes nothing else).
+LONGEST_FILES = ("test_train_loop.py", "test_benchmarks.py", "test_experiments.py",
+                 "test_models.py", "test_finetune.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within

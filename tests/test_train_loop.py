@@ -24,6 +24,7 @@ from resnet_jax.training.host import SET_BY_TRAIN_ENV
 from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
 from resnet_jax.training.metrics import read_jsonl
 from resnet_jax.training.peers import WORKER_ENV
+from tests.conftest import COMPILE_FLAGS
 from tests.test_host import expected_malloc_note
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,9 +53,11 @@ def tiny_config(*extra):
 
 def subprocess_env(devices):
     """Environment of a train.py subprocess with ``devices`` CPU devices (and conftest's compile
-    cache), supervised as a user's run is (a worker flag inherited from outside is dropped)."""
+    cache and flags), supervised as a user's run is (a worker flag inherited from outside is
+    dropped)."""
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = " ".join([f"--xla_force_host_platform_device_count={devices}",
+                                 *COMPILE_FLAGS])
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop(WORKER_ENV, None)
     for name in ("GLIBC_TUNABLES", SET_BY_TRAIN_ENV):  # train.py decides, as in a user's shell
