@@ -71,7 +71,7 @@ def flip_byte(step_dir):
     directory, step = os.path.dirname(step_dir), int(os.path.basename(step_dir))
     f = _data_files(step_dir)[-1]
     original = open(f, "rb").read()
-    for at in range(len(original) // 2, len(original), 101):
+    for at in range(len(original) // 2, len(original), 101):  # odd stride: varied bit offsets
         data = bytearray(original)
         data[at] ^= 0x01
         open(f, "wb").write(bytes(data))
