@@ -1,6 +1,7 @@
 """The benchmark harness measures what it says: same architectures side by side, real numbers."""
 
 import json
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -43,19 +44,21 @@ def test_resnet_d_twins_are_the_same_network(name, activation, self_attention, d
     model = resnet_jax.create_model(name, num_classes=5, activation=activation,
                                     self_attention=self_attention, down_pool=down_pool)
     images = jax.random.normal(jax.random.key(0), (2, 72, 72, 3))  # odd maps: ceil-mode pools
-    variables = model.init(jax.random.key(1), images, train=False)
+    # Jitted: eager, each of the ~300 initialisers and layers compiles on its own.
+    variables = jax.jit(partial(model.init, train=False))(jax.random.key(1), images)
     # Running statistics of these images (momentum 0 keeps the batch's), so that activations
     # keep their scale through 50 layers instead of vanishing (grouped convs) or overflowing.
-    _, stats = model.clone(bn_momentum=0.0).apply(variables, images, train=True,
-                                                 mutable=["batch_stats"])
+    _, stats = jax.jit(partial(model.clone(bn_momentum=0.0).apply, train=True,
+                               mutable=["batch_stats"]))(variables, images)
     variables = {**variables, **stats}
     leaves, treedef = jax.tree.flatten(variables)  # non-trivial BN statistics and affines
-    keys = jax.random.split(jax.random.key(2), len(leaves))
+    rng = np.random.default_rng(2)  # numpy: a jax.random draw per leaf shape compiles each
     # Kernels are only rescaled: shifting them too overflows 50 layers to NaN, which compares
     # equal to NaN.
     variables = jax.tree.unflatten(treedef, [
-        x * (1 + 0.2 * jax.random.normal(k, x.shape)) + 0.05 * (x.ndim == 1)
-        for x, k in zip(leaves, keys, strict=True)])
+        np.asarray(x) * (1 + 0.2 * rng.standard_normal(x.shape, np.float32))
+        + np.float32(0.05 * (x.ndim == 1)) for x in leaves])
+    forward = jax.jit(partial(model.apply, train=False))
     # Our names in torchvision's scheme, then timm's Sequential indices for the ResNet-D parts
     # and the twin's (bn3, SE[, SA]) sequences.
     stem = {"conv1_1": "conv1.0", "bn1_1": "conv1.1", "conv1_2": "conv1.3", "bn1_2": "conv1.4",
@@ -73,7 +76,7 @@ def test_resnet_d_twins_are_the_same_network(name, activation, self_attention, d
                 ".sa.", ".bn3.2.")
         state[key] = torch.from_numpy(np.array(value))
     twin.load_state_dict(state)  # strict: every key and shape matches
-    ours = model.apply(variables, images, train=False)
+    ours = forward(variables, images)
     with torch.no_grad():
         theirs = twin.eval()(torch.from_numpy(np.array(images).transpose(0, 3, 1, 2)))
     assert np.all(np.isfinite(ours)) and np.std(ours) > 0.1  # 1000x the tolerance below
@@ -83,7 +86,7 @@ def test_resnet_d_twins_are_the_same_network(name, activation, self_attention, d
         without = jax.tree.map(lambda x: x, variables)
         without["params"]["layer1"][f"block{len(twin.layer1) - 1}"]["sa"] = {
             **sa, "gamma": jnp.zeros_like(sa["gamma"])}
-        assert np.max(np.abs(model.apply(without, images, train=False) - ours)) > 1e-2
+        assert np.max(np.abs(forward(without, images) - ours)) > 1e-2
 
 
 def test_train_step_benchmark_row_against_pytorch(tmp_path, capsys):

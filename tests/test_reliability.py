@@ -66,21 +66,25 @@ def remove_commit_marker(step_dir):
 def flip_byte(step_dir):
     """Silent bit rot: one flipped bit that still decodes. The arrays are zstd frames in files
     whose layout varies between runs; a flip that breaks a frame or an OCDBT node is reported by
-    tensorstore itself (a run once hit one), so bits of the largest file are tried from its
-    middle on until one decodes to different bytes, which only the checksums can catch."""
+    tensorstore itself, and a flip in bytes no array reads changes nothing (a run once found
+    neither in the second half of the largest file). So bits of every data file, the largest
+    first, are tried from its middle round to it until one decodes to different bytes, which
+    only the checksums can catch."""
     directory, step = os.path.dirname(step_dir), int(os.path.basename(step_dir))
-    f = _data_files(step_dir)[-1]
-    original = open(f, "rb").read()
-    for at in range(len(original) // 2, len(original), 101):  # odd stride: varied bit offsets
-        data = bytearray(original)
-        data[at] ^= 0x01
-        open(f, "wb").write(bytes(data))
-        try:
-            load_numpy(directory, step)
-        except CheckpointDamagedError as e:
-            if "does not match its checksum" in str(e):
-                return
-    raise AssertionError(f"no flipped bit of {f} decodes silently")
+    for f in reversed(_data_files(step_dir)):
+        original = open(f, "rb").read()
+        n = len(original)
+        for at in range(n // 2, n // 2 + n, 101):  # odd stride: varied bit offsets
+            data = bytearray(original)
+            data[at % n] ^= 0x01
+            open(f, "wb").write(bytes(data))
+            try:
+                load_numpy(directory, step)
+            except CheckpointDamagedError as e:
+                if "does not match its checksum" in str(e):
+                    return
+        open(f, "wb").write(original)
+    raise AssertionError(f"no flipped bit of {step_dir}'s data files decodes silently")
 
 
 DAMAGE = {  # how to damage a step directory -> words its reason must contain
@@ -195,7 +199,8 @@ def _free_port():
 HEARTBEAT_S = 4  # the test's bound; the default (100 s) suits TPU pods
 
 
-@pytest.mark.serial  # bounds the survivor's exit time
+# Not `serial`: its bound (heartbeat + grace, 14 s) is far above the survivor's exit time beside
+# the other xdist worker (4.8 s and 0.2 s after the kill, measured on a 2-core Zen 1).
 @pytest.mark.parametrize("victim", [1, 0])
 def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
     """2 processes x 2 CPU devices; one is killed (process group: supervisor and worker, as a

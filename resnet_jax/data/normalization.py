@@ -13,7 +13,7 @@ import numpy as np
 
 from resnet_jax import fs
 from resnet_jax.data import eval_views, sources
-from resnet_jax.data.host_tf import tf
+from resnet_jax.data.host_tf import no_autograph, tf
 from resnet_jax.data.sources import DataError, IndexSource, open_source
 
 NORMALIZATIONS = ("mean_std", "per_pixel_mean", "imagenet", "none")
@@ -56,7 +56,7 @@ def _estimate_stats(
     lookup = src.lookup_fn()
     ds = tf.data.Dataset.from_tensor_slices(np.unique(idx))
     ds = ds.map(
-        lambda i: eval_views.center(lookup(i), image_size, 1.0, opts.resize_method),
+        no_autograph(lambda i: eval_views.center(lookup(i), image_size, 1.0, opts.resize_method)),
         num_parallel_calls=tf.data.AUTOTUNE,
     ).ignore_errors().batch(256)
     total = np.zeros((image_size, image_size, 3))

@@ -29,7 +29,7 @@ from typing import Any
 
 from resnet_jax.data import presets
 from resnet_jax.data.dataset import Dataset
-from resnet_jax.data.host_tf import tf
+from resnet_jax.data.host_tf import no_autograph, tf
 from resnet_jax.data.normalization import (  # noqa: F401  (re-exported: pipeline.normalizer)
     IMAGENET_MEAN_STD,
     KNOWN_MEAN_STD,
@@ -100,17 +100,20 @@ def create_dataset(
         records = _train_records(source, shard, steps, start_step, opts.shuffle_buffer)
         preset = presets.train_preset(augment, image_size, opts, uint8)
         view_sizes = (image_size,)
-        examples = records.map(_augment_fn(source, preset, seed, opts), **_map_args(opts))
+        augment_fn = no_autograph(_augment_fn(source, preset, seed, opts))
+        examples = records.map(augment_fn, **_map_args(opts))
         batches = examples.batch(shard.local_batch, drop_remainder=True)
     else:
         records, num_pad, steps = source.eval_examples(shard)
         transform, view_sizes = presets.eval_transform(eval_view, image_size, opts, uint8)
         preset = Preset(per_example=transform)  # evaluation views: nothing per batch
-        examples = records.map(_view_fn(source, transform, opts), **_map_args(opts))
+        examples = records.map(no_autograph(_view_fn(source, transform, opts)), **_map_args(opts))
         batches = _eval_batches(examples, num_pad, shard.local_batch, start_step)
     if not uint8:  # the per-batch tail on the host; uint8 output gets it on the device
         tail = _host_tail(normalizer_from_stats(stats), dtype, preset.per_batch)
-        batches = batches.map(tail, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        batches = batches.map(
+            no_autograph(tail), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     return Dataset(
         _with_tf_options(batches.prefetch(tf.data.AUTOTUNE), opts.threads), source=source,
         num_examples=source.num_examples, steps_per_epoch=steps, view_sizes=view_sizes,

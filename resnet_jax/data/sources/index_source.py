@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from resnet_jax.data.host_tf import tf
+from resnet_jax.data.host_tf import no_autograph, tf
 from resnet_jax.data.sources.base import MAX_EPOCHS, Shard, epoch_seed
 
 
@@ -76,7 +76,7 @@ class IndexSource:
                 }
             )
 
-        return tf.data.Dataset.range(first_epoch, MAX_EPOCHS).flat_map(epoch_examples)
+        return tf.data.Dataset.range(first_epoch, MAX_EPOCHS).flat_map(no_autograph(epoch_examples))
 
     def eval_examples(self, shard: Shard) -> tuple[tf.data.Dataset, int, int]:
         """(records {index} of this process, padding to add, batches): one pass in order."""
@@ -110,7 +110,9 @@ def find_undecodable(source: IndexSource) -> list[int]:
         img = tf.io.decode_image(lookup(i), channels=3, expand_animations=False)
         return i, tf.shape(img)
 
-    ds = tf.data.Dataset.range(len(source)).map(probe, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.range(len(source)).map(
+        no_autograph(probe), num_parallel_calls=tf.data.AUTOTUNE
+    )
     ds = ds.ignore_errors()
     ok = np.zeros(len(source), dtype=bool)
     for i, _ in ds.as_numpy_iterator():

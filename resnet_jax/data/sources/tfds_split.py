@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from resnet_jax.data.host_tf import tf
+from resnet_jax.data.host_tf import no_autograph, tf
 from resnet_jax.data.sources.base import (
     DEFAULT_CACHE_MAX_BYTES,
     MAX_EPOCHS,
@@ -51,10 +51,10 @@ class TfdsStreamSource:
             return (
                 ds.take(per_epoch)
                 .enumerate()
-                .map(lambda i, ex: dict(ex, position=offset + i, epoch=epoch))
+                .map(no_autograph(lambda i, ex: dict(ex, position=offset + i, epoch=epoch)))
             )
 
-        return tf.data.Dataset.range(first_epoch, MAX_EPOCHS).flat_map(epoch_examples)
+        return tf.data.Dataset.range(first_epoch, MAX_EPOCHS).flat_map(no_autograph(epoch_examples))
 
     def eval_examples(self, shard: Shard) -> tuple[tf.data.Dataset, int, int]:
         """(records of this process's contiguous slice, padding to add, batches)."""
@@ -69,7 +69,7 @@ class TfdsStreamSource:
 
     def _indexed(self, start: int, end: int) -> tf.data.Dataset:
         return tf.data.Dataset.zip(tf.data.Dataset.range(start, end), self.read(start, end)).map(
-            lambda i, ex: dict(ex, index=i)
+            no_autograph(lambda i, ex: dict(ex, index=i))
         )
 
     def shard_bounds(self, process_index: int, process_count: int) -> tuple[int, int]:
@@ -91,10 +91,10 @@ class TfdsStreamSource:
             read_config=read_config,
         )
         return ds.map(
-            lambda ex: {
+            no_autograph(lambda ex: {
                 "encoded": ex[self.image_key],
                 "label": tf.cast(ex[self.label_key], tf.int32),
-            }
+            })
         )
 
 
