@@ -16,7 +16,6 @@ except RuntimeError:  # already initialised by someone else; nothing to hide the
     pass
 
 
-
 def no_autograph(fn: Callable) -> Callable:
     """``fn`` for ``Dataset.map``/``flat_map`` traced as written: our functions are plain
     TensorFlow ops (no Python control flow on tensors), and AutoGraph's conversion re-parses

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import gzip
+import io
 import os
 import tarfile
 from collections import defaultdict
@@ -30,29 +30,32 @@ def extract_subset(
     """
     dest = Path(dest)
     archive = Path(archive).resolve()
+    with gzip.open(archive, "rb") as f:
+        tar = f.read()  # one decompression: the member index (once) and the files are slices
+    key = (archive, archive.stat().st_mtime_ns)  # a replaced archive is indexed again
+    if key not in _MEMBERS:
+        _MEMBERS[key] = _member_index(tar)
     counts: dict[tuple[str, str], int] = defaultdict(int)
-    chosen = []
-    for (split, cls, fname), offset, size in _members(archive, archive.stat().st_mtime_ns):
+    for (split, cls, fname), offset, size in _MEMBERS[key]:
         if split not in splits or (per_class is not None and counts[split, cls] >= per_class):
             continue
         counts[split, cls] += 1
-        chosen.append((dest / split / cls / fname, offset, size))
-    with gzip.open(archive, "rb") as f:
-        tar = f.read()  # one decompression, then slices
-    for out, offset, size in chosen:
+        out = dest / split / cls / fname
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(tar[offset : offset + size])
     return dest
 
 
-@functools.lru_cache(maxsize=4)
-def _members(archive: Path, mtime_ns: int) -> list[tuple[tuple[str, ...], int, int]]:
-    """((split, class, file), offset, size) in the uncompressed tar of every split/class/file
-    member, in archive order. Cached per process: tarfile's walk over CIFAR-10's 60,000 members
-    takes seconds, which every subset of the same archive would pay again."""
-    del mtime_ns  # part of the cache key only: a replaced archive is read again
-    with tarfile.open(archive, "r:gz") as tar:
-        members = [(m.name.split("/")[-3:], m.offset_data, m.size) for m in tar if m.isfile()]
+# Per process: tarfile's walk over CIFAR-10's 60,000 members takes seconds, which every subset
+# of the same archive would pay again.
+_MEMBERS: dict[tuple[Path, int], list[tuple[tuple[str, ...], int, int]]] = {}
+
+
+def _member_index(tar: bytes) -> list[tuple[tuple[str, ...], int, int]]:
+    """((split, class, file), offset, size) of every split/class/file member of an uncompressed
+    tar, in archive order."""
+    with tarfile.open(fileobj=io.BytesIO(tar), mode="r:") as archive:
+        members = [(m.name.split("/")[-3:], m.offset_data, m.size) for m in archive if m.isfile()]
     return [(tuple(parts), offset, size) for parts, offset, size in members if len(parts) == 3]
 
 
