@@ -1,5 +1,6 @@
 """Test-suite setup: 8 simulated CPU devices, so data-parallel code runs for real on one CPU;
-LLVM -O1; one XLA compilation cache for the whole session; the longest files collected first."""
+LLVM -O1; no Keras import; one XLA compilation cache for the whole session; the longest files
+collected first."""
 
 import atexit
 import os
@@ -18,6 +19,10 @@ COMPILE_FLAGS = [f for f in _flags if f.startswith("--xla_backend_optimization_l
     "--xla_backend_optimization_level=1"]
 os.environ["XLA_FLAGS"] = " ".join(dict.fromkeys(_flags + COMPILE_FLAGS))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# `import tensorflow` also imports Keras 3 (installed as TF's dependency; nothing here uses it):
+# ~3 of its ~9 s, in every process that imports TF. Pointing TF at the legacy tf_keras, which is
+# not installed, skips that import; tf.keras is then unavailable, and nothing uses it.
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 # Compilation is most of the suite's time, and many tests (and the train.py processes they
 # start, which inherit this environment) compile the same tiny programs: a resumed run
@@ -34,10 +39,19 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The longest files first (by --durations on 2 cores), so that under `-n 2 --dist loadfile` the
 # short files fill in beside them instead of one of these running alone at the end
 # (longest-processing-time-first scheduling; without xdist the order changes nothing else).
-LONGEST_FILES = ("test_train_loop.py", "test_models.py", "test_benchmarks.py", "test_finetune.py",
-                 "test_experiments.py", "test_reliability.py")
+LONGEST_FILES = ("test_train_loop.py", "test_reliability.py", "test_experiments.py",
+                 "test_models.py", "test_finetune.py", "test_train_step.py")
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m serial`` (the README's second run), files without a serial test are not
+    imported: collecting all of them (TensorFlow, PyTorch, ...) took 16 s to select one test."""
+    if (config.getoption("markexpr") == "serial" and collection_path.suffix == ".py"
+            and collection_path.name.startswith("test_")):
+        return "mark.serial" not in collection_path.read_text() or None
+    return None

@@ -43,42 +43,46 @@ def test_resnet_d_twins_are_the_same_network(name, activation, self_attention, d
             EXACT_PARAMS[name])
     model = resnet_jax.create_model(name, num_classes=5, activation=activation,
                                     self_attention=self_attention, down_pool=down_pool)
-    images = jax.random.normal(jax.random.key(0), (2, 72, 72, 3))  # odd maps: ceil-mode pools
-    # Jitted: eager, each of the ~300 initialisers and layers compiles on its own.
-    variables = jax.jit(partial(model.init, train=False))(jax.random.key(1), images)
-    # Running statistics of these images (momentum 0 keeps the batch's), so that activations
-    # keep their scale through 50 layers instead of vanishing (grouped convs) or overflowing.
-    _, stats = jax.jit(partial(model.clone(bn_momentum=0.0).apply, train=True,
-                               mutable=["batch_stats"]))(variables, images)
-    variables = {**variables, **stats}
-    leaves, treedef = jax.tree.flatten(variables)  # non-trivial BN statistics and affines
-    rng = np.random.default_rng(2)  # numpy: a jax.random draw per leaf shape compiles each
-    # Kernels are only rescaled: shifting them too overflows 50 layers to NaN, which compares
-    # equal to NaN.
-    variables = jax.tree.unflatten(treedef, [
-        np.asarray(x) * (1 + 0.2 * rng.standard_normal(x.shape, np.float32))
-        + np.float32(0.05 * (x.ndim == 1)) for x in leaves])
-    forward = jax.jit(partial(model.apply, train=False))
-    # Our names in torchvision's scheme, then timm's Sequential indices for the ResNet-D parts
-    # and the twin's (bn3, SE[, SA]) sequences.
-    stem = {"conv1_1": "conv1.0", "bn1_1": "conv1.1", "conv1_2": "conv1.3", "bn1_2": "conv1.4",
-            "conv1_3": "conv1.6"}
+    images = np.random.default_rng(0).standard_normal((2, 72, 72, 3), np.float32)  # odd maps
+    torch_images = torch.from_numpy(images.transpose(0, 3, 1, 2))  # (ceil-mode pools)
+    # The twin's weights, set in PyTorch (eager: the JAX model then compiles its forward pass
+    # only). Running statistics of these images (a cumulative average over one batch keeps the
+    # batch's), so that activations keep their scale through 50 layers instead of vanishing
+    # (grouped convs) or overflowing; then every weight and statistic rescaled (shifting kernels
+    # too overflows 50 layers to NaN, which compares equal to NaN) and the 1-D ones shifted.
+    for module in twin.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+            module.reset_running_stats()
+    with torch.no_grad():
+        twin.train()(torch_images)
+    rng = np.random.default_rng(2)
+    twin.load_state_dict({
+        key: value if not value.is_floating_point() else value * torch.from_numpy(
+            1 + 0.2 * rng.standard_normal(value.shape, np.float32)) + 0.05 * (value.ndim == 1)
+        for key, value in twin.state_dict().items()})
+    # The twin's names in torchvision's scheme: timm's Sequential indices for the ResNet-D parts
+    # and the twin's (bn3, SE[, SA]) sequences are undone. from_torchvision is strict: every
+    # key and shape must match.
+    stem = {"0": "conv1_1", "1": "bn1_1", "3": "conv1_2", "4": "bn1_2", "6": "conv1_3"}
     state = {}
-    for key, value in resnet_jax.to_torchvision(name, variables,
-                                                self_attention=self_attention).items():
-        head, _, rest = key.partition(".")
-        key = f"{stem.get(head, head)}.{rest}"
-        if head != "layer1" and ".downsample." in key:  # the average pool is downsample.0
-            key = key.replace("downsample.1.", "downsample.2.").replace("downsample.0.",
+    for key, value in twin.state_dict().items():
+        if key.startswith("conv1."):
+            index, _, rest = key.removeprefix("conv1.").partition(".")
+            key = f"{stem[index]}.{rest}"
+        if not key.startswith("layer1.") and ".downsample." in key:  # the pool is downsample.0
+            key = key.replace("downsample.1.", "downsample.0.").replace("downsample.2.",
                                                                          "downsample.1.")
         if name.startswith("se"):
-            key = key.replace(".bn3.", ".bn3.0.").replace(".se.", ".bn3.1.").replace(
-                ".sa.", ".bn3.2.")
-        state[key] = torch.from_numpy(np.array(value))
-    twin.load_state_dict(state)  # strict: every key and shape matches
+            key = key.replace(".bn3.0.", ".bn3.").replace(".bn3.1.", ".se.").replace(
+                ".bn3.2.", ".sa.")
+        state[key] = value.numpy()
+    variables = resnet_jax.from_torchvision(name, state, activation=activation,
+                                            self_attention=self_attention, down_pool=down_pool)
+    forward = jax.jit(partial(model.apply, train=False))
     ours = forward(variables, images)
     with torch.no_grad():
-        theirs = twin.eval()(torch.from_numpy(np.array(images).transpose(0, 3, 1, 2)))
+        theirs = twin.eval()(torch_images)
     assert np.all(np.isfinite(ours)) and np.std(ours) > 0.1  # 1000x the tolerance below
     np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-4, atol=1e-4)
     if self_attention:  # and the attention term is part of what was compared

@@ -21,7 +21,16 @@ from resnet_jax.checkpoint import (
     load_numpy,
 )
 from resnet_jax.training.loop import train_and_evaluate
-from tests.test_train_loop import QUICKSTART, ROOT, TINY, N, subprocess_env, tiny_config
+from tests.test_host import expected_malloc_note
+from tests.test_train_loop import (
+    QUICKSTART,
+    ROOT,
+    TINY,
+    N,
+    assert_same_params,
+    subprocess_env,
+    tiny_config,
+)
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +206,7 @@ def _free_port():
 
 
 HEARTBEAT_S = 4  # the test's bound; the default (100 s) suits TPU pods
+LOST_PEER_STEPS = 20
 
 
 # Not `serial`: its bound (heartbeat + grace, 14 s) is far above the survivor's exit time beside
@@ -205,8 +215,8 @@ HEARTBEAT_S = 4  # the test's bound; the default (100 s) suits TPU pods
 def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
     """2 processes x 2 CPU devices; one is killed (process group: supervisor and worker, as a
     lost machine) mid-run; the other exits with status 75 and one error line within the bound
-    (at once when process 0, the coordinator, is lost); the same command then resumes and
-    finishes."""
+    (at once when process 0, the coordinator, is lost); the same command then resumes, finishes
+    with the parameters of an uninterrupted one-process run, and only process 0 reports."""
     import signal
     import subprocess
     import sys
@@ -215,12 +225,11 @@ def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
     from resnet_jax.training.peers import EXIT_LOST_PEER, GRACE_S
 
     workdir = str(tmp_path / "mp")
-    steps = 40
-    config = [o for o in TINY if not o.startswith(("num_train_steps", "checkpoint_every"))]
+    config = [o for o in TINY if not o.startswith(("num_train_steps", "checkpoint_every"))] + [
+        f"num_train_steps={LOST_PEER_STEPS}", "checkpoint_every_steps=5"]
     base = [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
             "--workdir", workdir, "--heartbeat_timeout_seconds", str(HEARTBEAT_S)] + [
-        f"--config.{o}" for o in config + [f"num_train_steps={steps}",
-                                           "checkpoint_every_steps=10"]]
+        f"--config.{o}" for o in config]
 
     def start(port):
         return [
@@ -234,7 +243,7 @@ def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
 
     procs = start(_free_port())
     for line in procs[0].stdout:  # process 0 logs every step
-        if line.startswith("step 15/"):
+        if line.startswith("step 8/"):  # step 5 is saved; 12 steps to go
             break
     killed_at = time.monotonic()
     os.killpg(procs[victim].pid, signal.SIGKILL)
@@ -259,8 +268,16 @@ def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
     procs = start(_free_port())
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
-    assert "resumed from step 10" in outs[0][0] or "resumed from step 20" in outs[0][0]
-    assert json.loads(outs[0][0].strip().splitlines()[-1][len("final: "):])["step"] == steps
+    out = outs[0][0]
+    assert "4 devices (2 processes)" in out and "resumed from step 5" in out, out[-3000:]
+    assert expected_malloc_note(subprocess_env(2)) in out  # supervised, re-executed
+    assert json.loads(out.strip().splitlines()[-1][len("final: "):])["step"] == LOST_PEER_STEPS
+    assert "final: " not in outs[1][0]  # only process 0 reports
+    # The same parameters as one process with 8 devices that was never interrupted.
+    straight = str(tmp_path / "straight")
+    train_and_evaluate(tiny_config(*config), straight)
+    assert_same_params(*(load_numpy(os.path.join(w, "checkpoints"), LOST_PEER_STEPS)[0]
+                         for w in (workdir, straight)))
 
 
 def test_lost_process_is_named_from_the_services_words():

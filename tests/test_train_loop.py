@@ -1,6 +1,7 @@
 """The training loop end to end on the built-in digits: outputs, resume after SIGKILL and
-SIGTERM with identical parameters, config/model mismatch errors, NaN stop, 2-process training,
-evaluate/predict/plot commands, and the quickstart config (slow).
+SIGTERM with identical parameters, config/model mismatch errors, NaN stop, evaluate/predict/plot
+commands, and the quickstart config (slow). Two processes, one of them lost, then resumed: see
+test_reliability.py's test_lost_peer_*.
 
 Parameters of interrupted-and-resumed runs must equal the uninterrupted run's to 1e-5 (only
 the device count, hence the order of cross-device sums, may differ between them).
@@ -9,7 +10,6 @@ the device count, hence the order of cross-device sums, may differ between them)
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -65,7 +65,7 @@ def subprocess_env(devices):
     return env
 
 
-def _assert_same_params(a, b):
+def assert_same_params(a, b):
     chex.assert_trees_all_close(a["params"], b["params"], **TOL)
     chex.assert_trees_all_close(a["batch_stats"], b["batch_stats"], **TOL)
     chex.assert_trees_all_close(a["opt_state"], b["opt_state"], **TOL)
@@ -116,7 +116,7 @@ def test_sigterm_saves_and_exits_then_resume_is_identical(straight, tmp_path):
     assert Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True).latest_step() == 5
     summary = train_and_evaluate(tiny_config(), workdir)  # shard_map now: same math
     assert summary["step"] == N and summary["stopped"] is None
-    _assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
+    assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
 
 
 def test_changed_config_or_model_is_a_clear_error(straight, tmp_path):
@@ -165,7 +165,8 @@ train_and_evaluate(config, sys.argv[2], hooks=[kill])
 def test_sigkill_during_async_save_then_resume_is_identical(straight, tmp_path):
     workdir = str(tmp_path / "run")
     cmd = [sys.executable, "-c", KILL_DRIVER, QUICKSTART, workdir, *TINY]
-    proc = subprocess.run(cmd, env=subprocess_env(4), capture_output=True, text=True, timeout=300)
+    # 8 devices, as `straight`: the same programs, loaded from the compilation cache.
+    proc = subprocess.run(cmd, env=subprocess_env(8), capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     latest = ckpt.latest_step()
@@ -173,46 +174,15 @@ def test_sigkill_during_async_save_then_resume_is_identical(straight, tmp_path):
     assert latest in (2, 4)  # 4 only if its save completed before the kill; never half-written
     train = [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
              "--workdir", workdir] + [f"--config.{o}" for o in TINY]
-    proc = subprocess.run(train, env=subprocess_env(4), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(train, env=subprocess_env(8), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resumed from step {latest}" in proc.stdout
-    assert expected_malloc_note(subprocess_env(4)) in proc.stdout  # re-executed with huge pages
+    assert expected_malloc_note(subprocess_env(8)) in proc.stdout  # re-executed with huge pages
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("final: ")
     final = json.loads(last[len("final: "):])
     assert final["step"] == N and {"eval_top1", "eval_top5", "wall_s"} <= set(final)
-    _assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_match_one_and_resume(straight, tmp_path):
-    """2 processes x 2 CPU devices (gloo on 127.0.0.1): N/2 steps, stop, resume to N."""
-    workdir = str(tmp_path / "mp")
-    base = [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
-            "--workdir", workdir] + [f"--config.{o}" for o in TINY]
-    for extra in (["--stop_after_steps", str(N // 2)], []):
-        port = _free_port()
-        procs = [
-            subprocess.Popen(
-                base + extra + ["--coordinator_address", f"127.0.0.1:{port}",
-                                "--num_processes", "2", "--process_id", str(i)],
-                env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for i in range(2)
-        ]
-        outs = [p.communicate(timeout=400) for p in procs]
-        for p, (_, err) in zip(procs, outs, strict=True):
-            assert p.returncode == 0, err[-3000:]
-        final = json.loads(outs[0][0].strip().splitlines()[-1][len("final: "):])
-        assert "final: " not in outs[1][0]  # only process 0 reports
-        assert final["step"] == (N // 2 if extra else N)
-    assert "4 devices (2 processes)" in outs[0][0] and "resumed from step 4" in outs[0][0]
-    assert expected_malloc_note(subprocess_env(2)) in outs[0][0]  # supervised, re-executed
-    _assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
+    assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
 
 
 def test_evaluate_predict_and_plot_commands(straight, tmp_path, capsys):
@@ -279,7 +249,7 @@ def test_ema_accumulation_and_ranger_resume_identically_and_both_weights_are_eva
     assert train_and_evaluate(tiny_config(*RECIPE), parts)["step"] == N
     a = load_numpy(os.path.join(whole, "checkpoints"), N)[0]
     b = load_numpy(os.path.join(parts, "checkpoints"), N)[0]
-    _assert_same_params(a, b)
+    assert_same_params(a, b)
     chex.assert_trees_all_close(a["ema"], b["ema"], **TOL)
     assert not np.allclose(a["ema"]["params"]["fc"]["kernel"], a["params"]["fc"]["kernel"])
     # Both weights are evaluated at each eval: the log line, metrics.jsonl and the summary.

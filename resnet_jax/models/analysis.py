@@ -72,15 +72,13 @@ def count_macs(model: nn.Module, input_shape: Sequence[int], train: bool = False
     if "conv_impl" in getattr(model, "__dataclass_fields__", {}):
         # Count lax's convolutions: the oneDNN path hides them in opaque custom calls.
         model = model.clone(conv_impl="xla")
-    variables = abstract_variables(model, input_shape)
     x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
+    key = jax.random.PRNGKey(0)
 
-    def forward(v: Any, images: jax.Array) -> jax.Array:
-        if train:
-            return model.apply(v, images, train=True, mutable=["batch_stats"],
-                               rngs={"dropout": jax.random.PRNGKey(0)})[0]
-        return model.apply(v, images, train=False)
+    def init_and_forward(images: jax.Array) -> Any:
+        # One trace: init runs the forward pass once, and initialisers multiply nothing.
+        return model.init_with_output({"params": key, "dropout": key}, images, train=train)
 
-    closed = jax.make_jaxpr(forward)(variables, x)
+    closed = jax.make_jaxpr(init_and_forward)(x)
     return _macs_of_jaxpr(closed.jaxpr)
 
