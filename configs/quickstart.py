@@ -5,7 +5,7 @@ Command (a fresh checkout, no GPU, no network):
     python train.py --config configs/quickstart.py --workdir runs/quickstart
 
 Hardware: any CPU (measured on 2 cores).
-Expected: eval top-1 >= 0.97 on the 359 held-out digits (measured 0.9777, see docs/training.md),
+Expected: eval top-1 >= 0.97 on the 359 held-out digits (measured 0.9721-0.9777, docs/training.md),
 after 300 steps. Plots: python -m resnet_jax.training.plot runs/quickstart
 
 Data: scikit-learn's 1,797 8x8 handwritten digits (ships with scikit-learn), upscaled to

@@ -1,11 +1,19 @@
-"""Test-suite setup: 8 simulated CPU devices, so data-parallel code runs for real on one CPU;
-LLVM -O1; no Keras import; one XLA compilation cache for the whole session; the longest files
-collected first."""
+"""Test-suite setup: bytecode written on first import; 8 simulated CPU devices, so data-parallel
+code runs for real on one CPU; LLVM -O1; no Keras import; one XLA compilation cache for the whole
+session; the longest files collected first."""
 
 import atexit
 import os
 import shutil
+import sys
 import tempfile
+
+# Bytecode is written on first import (this process's later imports, and every process it
+# starts), also where PYTHONDONTWRITEBYTECODE is set (as on our CI machines): otherwise each of
+# the suite's ~30 Python processes compiles TensorFlow's, JAX's and PyTorch's sources again
+# (~15 s each), or the install compiles all of every package (~45 s on 2 cores) up front.
+sys.dont_write_bytecode = False
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
 # Must be set before JAX initialises its backends (first import of jax anywhere in the suite).
 _flags = os.environ.get("XLA_FLAGS", "").split()
@@ -13,10 +21,15 @@ _flags.append("--xla_force_host_platform_device_count=8")
 # LLVM's -O1 instead of XLA:CPU's default -O2: the same semantics (fast-math settings are
 # separate flags), but -O2 spends 3-25 s compiling each eager jax.random draw of a small
 # many-dimensional shape (threefry's rounds, fully unrolled; (3, 3, 8, 12): 26 s vs 0.35 s on
-# a Zen 1), which most tests make for their inputs. A user's own setting wins.
-# train.py subprocesses that set their own XLA_FLAGS (device counts) add this too.
-COMPILE_FLAGS = [f for f in _flags if f.startswith("--xla_backend_optimization_level")] or [
-    "--xla_backend_optimization_level=1"]
+# a Zen 1), which most tests make for their inputs. And without LLVM's expensive passes (the
+# same semantics too): compiling is most of a test's time, and it saved 11% of two compile-bound
+# files (test_train_step, test_finetune_optim: 138 -> 123 s). A user's own setting wins.
+# train.py subprocesses that set their own XLA_FLAGS (device counts) add these too.
+COMPILE_FLAGS = [
+    next((f for f in _flags if f.startswith(f"--{name}=")), f"--{name}={default}")
+    for name, default in (("xla_backend_optimization_level", 1),
+                          ("xla_llvm_disable_expensive_passes", "true"))
+]
 os.environ["XLA_FLAGS"] = " ".join(dict.fromkeys(_flags + COMPILE_FLAGS))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # `import tensorflow` also imports Keras 3 (installed as TF's dependency; nothing here uses it):

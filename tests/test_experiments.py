@@ -49,7 +49,7 @@ def test_degradation_outputs(degradation_out):
         "ResNet-14 has not higher training error than ResNet-8",
     ]
     assert "python -m resnet_jax.experiments.degradation --steps 2" in md
-    assert data["test_images"] == 10_000 and data["steps"] == 2
+    assert data["test_images"] == 30 and data["steps"] == 2  # the folder's 3 a class
 
 
 def test_layer_responses_from_trained_runs(degradation_out, tmp_path):

@@ -131,6 +131,14 @@ def cifar10_root(args: argparse.Namespace, test_images: int | None) -> str:
     return str(root)
 
 
+def count_test_images(root: str) -> int:
+    """Images of ``root``'s test/ split, as the runs' evaluation reads them (the folder source's
+    scan, which the runs made already)."""
+    from resnet_jax.data.sources import folder_source
+
+    return len(folder_source(root, "test"))
+
+
 def test_images_for(args: argparse.Namespace) -> int | None:
     """--test_images: -1 (default) means 2,000 with --quick, else all; 0 means all."""
     if args.test_images == -1:

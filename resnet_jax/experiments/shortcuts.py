@@ -82,7 +82,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
             "seconds": time.time() - t0,
         }
     report.data.update(steps=steps, batch=batch, depth=depth, results=results,
-                       test_images=common.test_images_for(args) or 10_000)
+                       test_images=common.count_test_images(data_root))
 
     plot(results, depth, Path(args.out) / "shortcuts.png")
     report.add(
