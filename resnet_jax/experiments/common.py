@@ -132,8 +132,8 @@ def cifar10_root(args: argparse.Namespace, test_images: int | None) -> str:
 
 
 def count_test_images(root: str) -> int:
-    """Images of ``root``'s test/ split, as the runs' evaluation reads them (the folder source's
-    scan, which the runs made already)."""
+    """Images of ``root``'s test/ split, counted by the folder source that the runs' evaluation
+    reads (its scan is reused when the settings match)."""
     from resnet_jax.data.sources import folder_source
 
     return len(folder_source(root, "test"))
