@@ -52,8 +52,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # The longest files first (by --durations on 2 cores), so that under `-n 2 --dist loadfile` the
 # short files fill in beside them instead of one of these running alone at the end
 # (longest-processing-time-first scheduling; without xdist the order changes nothing else).
-LONGEST_FILES = ("test_train_loop.py", "test_reliability.py", "test_experiments.py",
-                 "test_models.py", "test_finetune.py", "test_train_step.py")
+LONGEST_FILES = ("test_train_loop.py", "test_models.py", "test_reliability.py",
+                 "test_experiments.py", "test_benchmarks.py", "test_onednn_conv.py")
 
 
 def pytest_collection_modifyitems(items):

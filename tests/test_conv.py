@@ -9,6 +9,7 @@ from jax import lax
 
 import resnet_jax
 from resnet_jax.models.layers import conv_general_dilated_fn, cpu_fast_conv_general_dilated
+from tests.variables import init_variables
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -129,11 +130,9 @@ def test_model_gradients_match_lax():
     x = jax.random.normal(jax.random.PRNGKey(1), (2, 8, 8, 3))
     labels = jnp.arange(2) % 10
 
-    # One jitted init with the rbg generator (XLA:CPU compiles it ~4x faster than threefry);
     # conv_impl does not change the variables.
-    v = jax.jit(lambda key: resnet_jax.create_model(
-        "resnet20", num_classes=10, conv_impl="xla", scan_units=True).init(key, x, train=False))(
-        jax.random.key(0, impl="rbg"))
+    v = init_variables(resnet_jax.create_model("resnet20", num_classes=10, conv_impl="xla",
+                                               scan_units=True), x)
 
     def grads(impl):
         model = resnet_jax.create_model("resnet20", num_classes=10, conv_impl=impl,

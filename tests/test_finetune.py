@@ -5,6 +5,8 @@ ensembles, and the bad-input errors (one ``error:`` line, exit 2, nothing writte
 Real CIFAR-10 images (a few per class) from ../shared/datasets, tiny networks, a few steps.
 """
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -93,7 +95,8 @@ def test_run_is_self_contained(pretrained, tmp_path, capsys):
         moved.rename(data)
 
 
-def test_evaluate_refuses_other_classes_and_mixed_ensembles(pretrained, tmp_path, capsys):
+def test_evaluate_refuses_other_classes_and_mixed_ensembles(pretrained, finetuned, tmp_path,
+                                                            capsys):
     from resnet_jax.training import evaluate
 
     workdir, data = pretrained
@@ -102,8 +105,7 @@ def test_evaluate_refuses_other_classes_and_mixed_ensembles(pretrained, tmp_path
     assert evaluate.main(["--workdir", str(workdir), "--data_dir", str(other)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "classes" in err[0], err
-    three = tmp_path / "three"
-    assert _train(three, _folder(tmp_path / "d3", CLASSES[:3], per_class=8)) == 0
+    three = finetuned[0]  # dog, frog, horse
     capsys.readouterr()
     assert evaluate.main(["--workdir", str(workdir), "--workdir", str(three)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -133,15 +135,23 @@ def test_ensemble_reports_each_model_and_the_average(pretrained, tmp_path, capsy
     assert 0.0 <= result["ensemble"]["top1"] <= 1.0
 
 
-def test_init_from_our_run_new_head_frozen_backbone(pretrained, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def finetuned(pretrained, tmp_path_factory):
+    """The pretrained run fine-tuned on 3 other classes: new head, frozen backbone and BN."""
+    workdir, _ = pretrained
+    tmp = tmp_path_factory.mktemp("ft")
+    data = _folder(tmp / "d3", ["dog", "frog", "horse"], per_class=8)
+    out = tmp / "ft"
+    with contextlib.redirect_stdout(io.StringIO()) as log:
+        assert _train(out, data, f"init_from={workdir}", "frozen=^(?!fc/)",
+                      "frozen_bn_stats=true") == 0
+    return out, data, log.getvalue()
+
+
+def test_init_from_our_run_new_head_frozen_backbone(pretrained, finetuned, capsys):
     workdir, _ = pretrained
     source, _ = load_numpy(str(workdir / "checkpoints"))
-    data = _folder(tmp_path / "d3", ["dog", "frog", "horse"], per_class=8)
-    out = tmp_path / "ft"
-    capsys.readouterr()
-    assert _train(out, data, f"init_from={workdir}", "frozen=^(?!fc/)",
-                  "frozen_bn_stats=true") == 0
-    log = capsys.readouterr().out
+    out, data, log = finetuned
     line = [x for x in log.splitlines() if x.startswith("init_from:")]
     assert len(line) == 1 and "re-initialised fc/bias, fc/kernel (4 -> 3 outputs" in line[0], log
     assert "the pretrained run's (per_pixel_mean)" in line[0]

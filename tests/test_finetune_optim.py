@@ -10,6 +10,7 @@ import pytest
 import resnet_jax
 from resnet_jax.training import optim
 from resnet_jax.training.config import ConfigError, default_config, load_config, validate
+from tests.variables import init_variables
 
 LINEAR_PROBE = "^(?!fc/)"
 
@@ -20,7 +21,7 @@ def setup():
     model = resnet_jax.create_model("resnet20", num_classes=10)
     x = jax.random.normal(jax.random.PRNGKey(1), (4, 8, 8, 3))
     y = jnp.asarray([0, 3, 5, 9])
-    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    variables = init_variables(model, x)
 
     @jax.jit
     def grad_fn(params):
@@ -203,7 +204,7 @@ def test_frozen_bn_uses_and_keeps_running_statistics(setup, scan_units):
     model = resnet_jax.create_model(
         "resnet20", num_classes=10, frozen_bn=True, scan_units=scan_units
     )
-    init = model.init(jax.random.PRNGKey(0), x, train=False)
+    init = init_variables(model, x)
     # Non-trivial running statistics, so "uses them" is not "uses mean 0, var 1".
     stats = jax.tree.map(
         lambda s: s + 0.3 * jax.random.uniform(jax.random.PRNGKey(2), s.shape), init["batch_stats"]
@@ -211,7 +212,7 @@ def test_frozen_bn_uses_and_keeps_running_statistics(setup, scan_units):
     v = {"params": init["params"], "batch_stats": stats}
     # Same parameter names and shapes as without frozen_bn (checkpoints load either way).
     plain = resnet_jax.create_model("resnet20", num_classes=10, scan_units=scan_units)
-    plain_init = plain.init(jax.random.PRNGKey(0), x, train=False)
+    plain_init = init_variables(plain, x)
     chex.assert_trees_all_equal_shapes(init, plain_init)
     logits, updated = model.apply(v, x, train=True, mutable=["batch_stats"])
     eval_logits = model.apply(v, x, train=False)

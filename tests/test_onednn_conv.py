@@ -24,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 import resnet_jax
 from resnet_jax.models import layers, onednn
+from tests.variables import init_variables
 
 pytestmark = pytest.mark.skipif(not onednn.available(),
                                 reason=f"oneDNN unavailable: {onednn.unavailable_reason()}")
@@ -235,10 +236,18 @@ def test_shard_map_over_devices(check_vma):
         _close(a, b, 1e-5)
 
 
+@functools.cache
+def _variables(scan_units=False):
+    # One init per layout, shared: neither conv_impl nor the input size changes the variables.
+    model = resnet_jax.create_model("resnet20", num_classes=10, conv_impl="xla",
+                                    scan_units=scan_units)
+    return init_variables(model, jnp.zeros((1, 8, 8, 3)))
+
+
 def _model_grads(impl, x, labels, dtype=jnp.float32, **options):
     model = resnet_jax.create_model("resnet20", num_classes=10, conv_impl=impl, dtype=dtype,
                                     **options)
-    v = model.init(jax.random.PRNGKey(0), x, train=False)
+    v = _variables(**options)
 
     def loss(params):
         logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, x,

@@ -3,7 +3,8 @@ steps intact) is set aside with one line and the run resumes from the newest ste
 bit-identically; damage to the only step is one error line; the inference commands name the
 damaged and the readable steps. A lost peer process: see test_lost_peer_*.
 
-One tiny training (module fixture) writes steps 2, 4 and 6; each case damages a copy.
+One tiny training (module fixture) writes steps 2, 4 and 6; each case damages a copy. A copy
+resumed from step 4 to the end is the reference of the resumed runs (module fixture).
 """
 
 import glob
@@ -38,6 +39,14 @@ def trained(tmp_path_factory):
     """A workdir with checkpoints at steps 2, 4 and 6 (stopped at 6 of N)."""
     workdir = str(tmp_path_factory.mktemp("trained"))
     train_and_evaluate(tiny_config(), workdir, stop_after_steps=6)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def finished(trained, tmp_path_factory):
+    """The trained run resumed from step 4 (step 6 never written) to its end, step N."""
+    workdir = _copy(trained, tmp_path_factory.mktemp("finished"), keep=(2, 4))
+    train_and_evaluate(tiny_config(), workdir)
     return workdir
 
 
@@ -139,15 +148,12 @@ def test_damaged_only_step_is_one_error_line(trained, tmp_path, capsys, damage):
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before  # untouched
 
 
-def test_resume_past_a_damaged_step_is_bit_identical(trained, tmp_path):
-    # Reference: the same run resumed from step 4 (step 6 never written).
-    reference = _copy(trained, tmp_path / "ref", keep=(2, 4))
-    train_and_evaluate(tiny_config(), reference)
+def test_resume_past_a_damaged_step_is_bit_identical(trained, finished, tmp_path):
     damaged = _copy(trained, tmp_path / "damaged")
     truncate_data(os.path.join(damaged, "checkpoints", "6"))
     summary = train_and_evaluate(tiny_config(), damaged)
     assert summary["step"] == N and summary["stopped"] is None
-    a = load_numpy(os.path.join(reference, "checkpoints"), N)[0]
+    a = load_numpy(os.path.join(finished, "checkpoints"), N)[0]
     b = load_numpy(os.path.join(damaged, "checkpoints"), N)[0]
     import jax
 
@@ -206,17 +212,16 @@ def _free_port():
 
 
 HEARTBEAT_S = 4  # the test's bound; the default (100 s) suits TPU pods
-LOST_PEER_STEPS = 20
 
 
 # Not `serial`: its bound (heartbeat + grace, 14 s) is far above the survivor's exit time beside
 # the other xdist worker (4.8 s and 0.2 s after the kill, measured on a 2-core Zen 1).
 @pytest.mark.parametrize("victim", [1, 0])
-def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
+def test_lost_peer_is_one_line_and_the_same_command_resumes(finished, tmp_path, victim):
     """2 processes x 2 CPU devices; one is killed (process group: supervisor and worker, as a
     lost machine) mid-run; the other exits with status 75 and one error line within the bound
     (at once when process 0, the coordinator, is lost); the same command then resumes, finishes
-    with the parameters of an uninterrupted one-process run, and only process 0 reports."""
+    with the parameters of the one-process run (8 devices), and only process 0 reports."""
     import signal
     import subprocess
     import sys
@@ -225,11 +230,9 @@ def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
     from resnet_jax.training.peers import EXIT_LOST_PEER, GRACE_S
 
     workdir = str(tmp_path / "mp")
-    config = [o for o in TINY if not o.startswith(("num_train_steps", "checkpoint_every"))] + [
-        f"num_train_steps={LOST_PEER_STEPS}", "checkpoint_every_steps=5"]
     base = [sys.executable, os.path.join(ROOT, "train.py"), "--config", QUICKSTART,
             "--workdir", workdir, "--heartbeat_timeout_seconds", str(HEARTBEAT_S)] + [
-        f"--config.{o}" for o in config]
+        f"--config.{o}" for o in TINY]
 
     def start(port):
         return [
@@ -243,7 +246,7 @@ def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
 
     procs = start(_free_port())
     for line in procs[0].stdout:  # process 0 logs every step
-        if line.startswith("step 8/"):  # step 5 is saved; 12 steps to go
+        if line.startswith("step 7/"):  # step 4 is saved (6 may be); N = 8
             break
     killed_at = time.monotonic()
     os.killpg(procs[victim].pid, signal.SIGKILL)
@@ -265,19 +268,22 @@ def test_lost_peer_is_one_line_and_the_same_command_resumes(tmp_path, victim):
     if victim == 0:
         return  # resuming is the same whichever process was lost
     # The same command on both processes resumes from the last checkpoint and finishes.
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+    latest = ckpt.latest_step()
+    ckpt.close()
+    assert latest in (4, 6), latest
     procs = start(_free_port())
     outs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][1][-3000:] + outs[1][1][-3000:]
     out = outs[0][0]
-    assert "4 devices (2 processes)" in out and "resumed from step 5" in out, out[-3000:]
+    assert "4 devices (2 processes)" in out and f"resumed from step {latest}" in out, out[-3000:]
     assert expected_malloc_note(subprocess_env(2)) in out  # supervised, re-executed
-    assert json.loads(out.strip().splitlines()[-1][len("final: "):])["step"] == LOST_PEER_STEPS
+    assert json.loads(out.strip().splitlines()[-1][len("final: "):])["step"] == N
     assert "final: " not in outs[1][0]  # only process 0 reports
-    # The same parameters as one process with 8 devices that was never interrupted.
-    straight = str(tmp_path / "straight")
-    train_and_evaluate(tiny_config(*config), straight)
-    assert_same_params(*(load_numpy(os.path.join(w, "checkpoints"), LOST_PEER_STEPS)[0]
-                         for w in (workdir, straight)))
+    # The parameters of the same run in one process with 8 devices (resumed at step 4, which
+    # test_train_loop's resume tests show is the uninterrupted run's).
+    assert_same_params(*(load_numpy(os.path.join(w, "checkpoints"), N)[0]
+                         for w in (workdir, finished)))
 
 
 def test_lost_process_is_named_from_the_services_words():
