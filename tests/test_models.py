@@ -37,10 +37,6 @@ def _abstract(name: str, **options):
     return logits, jax.eval_shape(unscan_layout, variables) if scanned else variables
 
 
-def _init(module: nn.Module, x: jax.Array, seed: int = 1):
-    return init_variables(module, x, seed)
-
-
 def _params(name: str, **options):
     return _abstract(name, **options)[1]["params"]
 
@@ -133,7 +129,7 @@ def test_squeeze_excite_gate():
     # after the addition, so the plain unit's output minus x is F(x).
     unit = ResidualUnit(features=16, se_reduction=4, order="relu_before_add")
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 5, 5, 16))
-    variables = _init(unit, x, 1)
+    variables = init_variables(unit, x, 1)
     se = variables["params"]["se"]
     assert se["fc1"]["kernel"].shape == (1, 1, 16, 8)  # C/r = 4 rounds up to 8 (timm, fastai)
     variables = jax.tree.map(lambda v: v + 0.1, variables)  # non-zero biases
@@ -216,7 +212,7 @@ def test_shortcut_options():
 def test_option_a_subsamples_and_zero_pads():
     unit = ResidualUnit(features=8, strides=2, shortcut="A", zero_init_residual=True)
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 6, 6, 4))  # non-negative, like ReLU output
-    variables = _init(unit, x, 1)
+    variables = init_variables(unit, x, 1)
     y = unit.apply(variables, x, train=False)  # branch is zero: y is the option-A shortcut
     expected = jnp.pad(x[:, ::2, ::2, :], ((0, 0), (0, 0), (0, 0), (2, 2)))
     chex.assert_trees_all_close(y, expected, rtol=1e-7, atol=1e-6)
@@ -229,11 +225,11 @@ def test_zero_init_residual_unit_is_identity_at_init(order, bottleneck, train):
     unit = ResidualUnit(features=4, bottleneck=bottleneck, order=order, zero_init_residual=True)
     channels = unit.out_features
     x = jax.random.uniform(jax.random.PRNGKey(0), (2, 5, 5, channels))  # post-ReLU input
-    variables = _init(unit, x, 1)
+    variables = init_variables(unit, x, 1)
     y = unit.apply(variables, x, train=train, mutable=["batch_stats"])[0]
     chex.assert_trees_all_close(y, x, rtol=1e-7, atol=1e-6)
     plain = ResidualUnit(features=4, bottleneck=bottleneck, order=order)
-    y = plain.apply(_init(plain, x, 1), x, train=False)
+    y = plain.apply(init_variables(plain, x, 1), x, train=False)
     assert np.abs(y - x).max() > 1e-2  # without zero init the branch contributes
 
 
@@ -242,7 +238,7 @@ def test_activation_orders_follow_identity_mappings_fig4():
 
     def run(order: str, **override) -> jax.Array:
         unit = ResidualUnit(features=4, order=order)
-        variables = _init(unit, x, 1)
+        variables = init_variables(unit, x, 1)
         params = jax.tree.map(lambda a: a, variables["params"])
         for key, value in override.items():
             module, leaf = key.split(".")
@@ -303,7 +299,7 @@ class ModelVariantsTest(chex.TestCase):
     def test_apply_matches_eager_and_train_mode_updates_stats(self):
         model = resnet_jax.create_model("resnet20", num_classes=10, stage_sizes=(1, 1, 1))
         x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
-        variables = _init(model, x, 1)
+        variables = init_variables(model, x, 1)
         eager = model.apply(variables, x, train=False)
         logits = self.variant(lambda v, x: model.apply(v, x, train=False))(variables, x)
         chex.assert_trees_all_close(eager, logits, rtol=1e-7, atol=1e-5)
@@ -328,7 +324,7 @@ class ModelVariantsTest(chex.TestCase):
 def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
     model = resnet_jax.create_model("resnet20", dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
-    variables = _init(model, x, 1)
+    variables = init_variables(model, x, 1)
     chex.assert_type(jax.tree.leaves(variables), jnp.float32)
     logits, state = model.apply(variables, x, train=True, mutable=["batch_stats"])
     chex.assert_type(jax.tree.leaves(state), jnp.float32)
@@ -344,7 +340,7 @@ def test_cross_device_batchnorm_equals_whole_batch_batchnorm():
     synced = resnet_jax.create_model("resnet20", axis_name="batch", stage_sizes=(1, 1, 1))
     local = resnet_jax.create_model("resnet20", stage_sizes=(1, 1, 1))
     x = jax.random.normal(jax.random.PRNGKey(0), (8, 32, 32, 3))
-    variables = _init(local, x, 1)
+    variables = init_variables(local, x, 1)
 
     @functools.partial(jax.shard_map, mesh=mesh, in_specs=(P(), P("batch")),
                        out_specs=(P("batch"), P()))
@@ -390,7 +386,7 @@ def test_stochastic_depth_and_dropout():
     model = resnet_jax.create_model("resnet20", drop_path_rate=0.5, dropout_rate=0.2,
                                     stage_sizes=(1, 1, 1))
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
-    variables = _init(model, x, 1)
+    variables = init_variables(model, x, 1)
 
     def train(seed: int) -> jax.Array:
         return model.apply(variables, x, train=True, mutable=["batch_stats"],
@@ -402,7 +398,7 @@ def test_stochastic_depth_and_dropout():
                                 model.apply(variables, x, train=False))
     # Linear decay rule: unit l of L is dropped with probability l/L * rate.
     model = resnet_jax.create_model("resnet20", drop_path_rate=0.5)
-    variables = _init(model, x)
+    variables = init_variables(model, x, 1)
     rates = []
     model.apply(variables, x, train=True, mutable=["batch_stats"],
                 rngs={"dropout": jax.random.PRNGKey(0)},
@@ -422,7 +418,7 @@ def _collect_rates(module, rates, x, train):
 def test_resnet_d_average_pool_shortcut_handles_odd_sizes():
     model = resnet_jax.create_model("resnet50d", num_classes=3, stage_sizes=(1, 1, 1, 1))
     x = jnp.ones((1, 100, 100, 3))  # stage resolutions 25 -> 13 -> 7 -> 4: odd sizes pooled
-    variables = _init(model, x)
+    variables = init_variables(model, x, 1)
     logits = jax.jit(functools.partial(model.apply, train=False))(variables, x)
     chex.assert_shape(logits, (1, 3))
     chex.assert_tree_all_finite(logits)
@@ -434,7 +430,7 @@ def test_scanned_and_rematerialised_models_equal_the_unrolled_one():
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
     labels = jnp.arange(4) % 10
     unrolled = resnet_jax.create_model("resnet20")
-    variables = _init(unrolled, x)
+    variables = init_variables(unrolled, x, 1)
     scanned_vars = resnet_jax.scan_layout(variables)
     chex.assert_shape(scanned_vars["params"]["layer2"]["blocks"]["unit"]["conv1"]["kernel"],
                       (2, 3, 3, 32, 32))
@@ -471,7 +467,7 @@ def test_scanned_model_counts_and_drop_path():
     assert abs(resnet_jax.count_macs(model, (1, 32, 32, 3)) / MACS["resnet110"] - 1) < 0.01
     model = resnet_jax.create_model("resnet20", scan_units=True, drop_path_rate=0.5)
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
-    variables = _init(model, x)
+    variables = init_variables(model, x, 1)
     run = jax.jit(lambda key: model.apply(variables, x, train=True, mutable=["batch_stats"],
                                           rngs={"dropout": key})[0])
     assert not np.allclose(run(jax.random.PRNGKey(0)), run(jax.random.PRNGKey(1)))
