@@ -54,6 +54,44 @@ def test_resume_at_step_is_bit_identical():
         _assert_batches_equal(resumed, stream[k : k + 3])
 
 
+def test_progressive_resizing_changes_the_size_not_the_batch():
+    def schedule(spe):
+        return ((0, 8), (3, 12), (spe + 1, 16))
+
+    ds = _digits_train(size_schedule=schedule)
+    spe = ds.steps_per_epoch
+    assert ds.size_schedule == schedule(spe)
+    stream = _take(ds, spe + 4)
+    assert [b["image"].shape[1:] for b in stream] == (
+        [(8, 8, 3)] * 3 + [(12, 12, 3)] * (spe - 2) + [(16, 16, 3)] * 3)
+    plain = _take(_digits_train(), spe + 4)
+    for a, b in zip(stream, plain, strict=True):  # same examples, labels and random crops
+        chex.assert_trees_all_equal({k: v for k, v in a.items() if k != "image"},
+                                    {k: v for k, v in b.items() if k != "image"})
+    _assert_batches_equal(stream[spe + 1 :], plain[spe + 1 :])  # at image_size: the same batch
+    for k in (2, 3, spe + 2):
+        _assert_batches_equal(_take(_digits_train(size_schedule=schedule, start_step=k), 2),
+                              stream[k : k + 2])
+    parts = [_take(_digits_train(size_schedule=schedule, start_step=2, process_index=p,
+                                 process_count=4), 2) for p in range(4)]
+    for i in range(2):  # each process's share of every batch, at that batch's size
+        for key in ("image", "index"):
+            np.testing.assert_array_equal(
+                np.concatenate([part[i][key] for part in parts]), stream[2 + i][key])
+    # The trainer's uint8 pixels with random-resized crops, sized per batch the same way.
+    crops = _take(data.create_dataset("digits", "train", global_batch_size=64, train=True,
+                                      image_size=16, augment="inception", dtype="uint8",
+                                      size_schedule=schedule, start_step=2), 2)
+    assert [b["image"].shape[1:3] for b in crops] == [(8, 8), (12, 12)]
+    with pytest.raises(ValueError, match="size_schedule is for training streams"):
+        data.create_dataset("digits", "test", global_batch_size=64, train=False, image_size=16,
+                            size_schedule=schedule)
+    with pytest.raises(ValueError, match="ascending first batches"):
+        _digits_train(size_schedule=lambda spe: ((3, 8), (3, 12)))
+    with pytest.raises(ValueError, match="per_pixel_mean"):
+        _digits_train(size_schedule=schedule, normalization="per_pixel_mean")
+
+
 def test_processes_split_each_global_batch_disjointly():
     single = _take(_digits_train(), 3)
     parts = [_take(_digits_train(process_index=p, process_count=4), 3) for p in range(4)]

@@ -218,6 +218,16 @@ def test_runs_saved_before_a_key_existed_still_resume():
         ("eval_image_size=-1", "config.eval_image_size must be >= 0"),
         ("eval_image_size=24;dataset_options.normalization=per_pixel_mean",
          "eval_image_size differs from image_size, but per_pixel_mean"),
+        ("progressive_min_size=-1", r"progressive_min_size must be in \(0, image_size=16\]"),
+        ("progressive_min_size=24", r"progressive_min_size must be in \(0, image_size=16\]"),
+        ("progressive_end=2", "progressive_end = 2.0 has no effect: progressive resizing is off"),
+        ("progressive_min_size=8", "must satisfy 0 <= start <= end, end > 0 .in steps"),
+        ("progressive_min_size=8;progressive_start=3;progressive_end=2",
+         "must satisfy 0 <= start <= end"),
+        ("progressive_min_size=8;progressive_end=9;progressive_multiple=0",
+         "progressive_multiple must be >= 1"),
+        ("progressive_min_size=8;progressive_end=9;dataset_options.normalization=per_pixel_mean",
+         "progressive resizing needs a normalisation without a mean image"),
     ],
 )
 def test_recipe_options_reject_bad_values(override, message):
@@ -236,6 +246,24 @@ def test_recipe_options_default_off_and_accept_good_values():
     assert (c.optimizer, c.schedule, c.grad_accum_steps) == ("lars", "flat_cosine", 4)
     # Which weights inference uses is bookkeeping: it may change on resume.
     assert config_diff(to_dict(c), {**to_dict(c), "inference_weights": "raw"}) == {}
+
+
+def test_progressive_resizing_schedule_by_hand():
+    from resnet_jax.training.build import train_size_schedule
+
+    qs = os.path.join(ROOT, "configs", "quickstart.py")
+    # Epochs of 10 steps: 96 px for epoch 0, then 96 + 32 (b - 10) / 20 rounded to 16s: 112 from
+    # batch 15 (the ramp at 104 rounds up), 128 from batch 25 (at 120); 50 steps in all.
+    c = load_config(qs, ["image_size=128", "num_train_steps=-1", "num_epochs=5",
+                         "schedule_unit=epochs", "progressive_min_size=96", "progressive_start=1",
+                         "progressive_end=3", "progressive_multiple=16"])
+    assert train_size_schedule(c, 10) == ((0, 96), (15, 112), (25, 128))
+    # In steps, start = end: one jump; a min size off the multiple stays as it is.
+    c = load_config(qs, ["progressive_min_size=9", "progressive_start=4", "progressive_end=4"])
+    assert train_size_schedule(c, 10) == ((0, 9), (4, 16))
+    c = load_config(qs, ["progressive_min_size=9", "progressive_end=301"])
+    with pytest.raises(ConfigError, match="progressive_end=301.0 steps is after the run's end"):
+        train_size_schedule(c, 10)
 
 
 def test_train_py_reports_recipe_errors(capsys):

@@ -269,6 +269,24 @@ def test_ema_accumulation_and_ranger_resume_identically_and_both_weights_are_eva
                                   a["ema"]["params"]["fc"]["kernel"])
 
 
+def test_progressive_resizing_is_logged_and_resumes_identically(straight, tmp_path, capsys):
+    # 4 px for steps 1-3, 6 px for 4-5, 8 px (image_size) from step 6 (by hand:
+    # test_train_config's test_progressive_resizing_schedule_by_hand).
+    resize = ["progressive_min_size=4", "progressive_start=2", "progressive_end=6",
+              "progressive_multiple=2"]
+    whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+    train_and_evaluate(tiny_config(*resize), whole)
+    assert ("progressive resizing: 4 px from step 1, 6 px from step 4, 8 px from step 6; the "
+            "train step compiles once for each size") in capsys.readouterr().out
+    assert train_and_evaluate(tiny_config(*resize), parts, stop_after_steps=4)["step"] == 4
+    assert train_and_evaluate(tiny_config(*resize), parts)["step"] == N
+    a = load_numpy(os.path.join(whole, "checkpoints"), N)[0]
+    assert_same_params(a, load_numpy(os.path.join(parts, "checkpoints"), N)[0])
+    # The small sizes trained: not the run at 8 px throughout.
+    assert not np.allclose(a["params"]["fc"]["kernel"], straight[2]["params"]["fc"]["kernel"],
+                           atol=1e-3)
+
+
 def test_eval_image_size_is_recorded_and_evaluate_takes_other_views(tmp_path, capsys):
     from resnet_jax.inference import load_run
     from resnet_jax.training import evaluate

@@ -116,7 +116,8 @@ def cifar_apply(images: tf.Tensor, crop_yx: tf.Tensor, flip: tf.Tensor, pad: int
     is what makes 32x32 images cheap. ``images`` are already normalised, so a zero pad is the
     mean colour.
     """
-    h, w = images.shape[1], images.shape[2]
+    # Static where known; a progressively resized stream's batches have it only at run time.
+    h, w = (images.shape[i] if images.shape[i] is not None else tf.shape(images)[i] for i in (1, 2))
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     rows = crop_yx[:, 0:1] + tf.range(h)[None]
     cols = crop_yx[:, 1:2] + tf.range(w)[None]

@@ -24,7 +24,9 @@ class Dataset:
     with ``skip_corrupt``), ``normalization`` (the statistics applied, see
     ``normalization_stats``), ``device_steps`` (uint8 output: what ``data.device.finish`` still
     applies on the device, e.g. ``{"cifar_pad": 4}``; None for normalised output),
-    ``tf_dataset`` (the underlying tf.data.Dataset of tensors).
+    ``size_schedule`` (train with progressive resizing: ((first batch, size), ...) as
+    ``create_dataset`` resolved it; () otherwise), ``tf_dataset`` (the underlying
+    tf.data.Dataset of tensors).
 
     Iterating yields dicts of numpy arrays local to this process (L = local batch): ``"image"``:
     [L, H, W, 3] float32/bfloat16, normalised (uint8 pixels with ``dtype="uint8"``, plus
@@ -49,6 +51,7 @@ class Dataset:
         view_sizes: tuple[int, ...],
         normalization: dict[str, Any],
         device_steps: dict[str, Any] | None = None,
+        size_schedule: tuple[tuple[int, int], ...] = (),
     ):
         self.tf_dataset = tf_dataset
         self.source = source
@@ -61,6 +64,7 @@ class Dataset:
         self.view_sizes = view_sizes
         self.normalization = normalization
         self.device_steps = device_steps
+        self.size_schedule = size_schedule
         self.skipped_files: list[str] = list(getattr(source, "skipped_files", []))
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

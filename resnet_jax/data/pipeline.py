@@ -14,7 +14,9 @@ split, and each epoch is that slice shuffled through a buffer seeded by (seed, e
 skips whole epochs arithmetically and reads (without decoding) the records of a partial epoch.
 
 Every random augmentation is seeded statelessly from (seed, epoch, position in epoch), so a
-resumed stream is bit-identical to the uninterrupted one.
+resumed stream is bit-identical to the uninterrupted one. Progressive resizing (``size_schedule``)
+numbers each record with its global batch and crops it at that batch's size: the same examples
+and random parameters, another size.
 
 Around it: ``options`` (its keyword options), ``sources`` (where records come from),
 ``presets`` (augmentation presets and evaluation views by name), ``normalization`` and
@@ -24,7 +26,8 @@ Around it: ``options`` (its keyword options), ``sources`` (where records come fr
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from resnet_jax.data import presets
@@ -65,6 +68,7 @@ def create_dataset(
     seed: int = 0,
     start_step: int = 0,
     dtype: str = "float32",
+    size_schedule: Callable[[int], Sequence[tuple[int, int]]] | None = None,
     **options: Any,
 ) -> Dataset:
     """Build the input pipeline for one split; see the module docstring and ``Dataset``.
@@ -87,20 +91,34 @@ def create_dataset(
       dtype: "float32" or "bfloat16" for normalised ``image``s; "uint8" for the pixels
         themselves, with normalisation and the float parts of augmentation left to the device
         (``resnet_jax.data.device.finish``; what the trainer uses: 4x fewer bytes to the device).
+      size_schedule: train only, progressive resizing: called with the steps per epoch, it
+        returns ((first batch, size), ...); batch ``b`` of the uninterrupted stream has the size
+        of the last entry whose first batch is <= ``b`` (``image_size`` before the first).
+        Which examples a batch holds and their random parameters do not depend on it.
       **options: see ``Options``.
     """
     opts = _options(options)
     _check_arguments(dtype, image_size, start_step)
+    if size_schedule is not None and not train:
+        raise ValueError("size_schedule is for training streams (train=True) only")
     shard = _process_shard(global_batch_size, seed, opts)
     uint8 = dtype == "uint8"
     source = open_source(name, split, data_dir, opts)
     stats = normalization_stats(name, data_dir, image_size, split, opts)
+    schedule: tuple[tuple[int, int], ...] = ()
     if train:
         steps = _train_steps(name, split, source.num_examples, global_batch_size)
         records = _train_records(source, shard, steps, start_step, opts.shuffle_buffer)
         preset = presets.train_preset(augment, image_size, opts, uint8)
         view_sizes = (image_size,)
-        augment_fn = no_autograph(_augment_fn(source, preset, seed, opts))
+        per_example = preset.per_example
+        if size_schedule is not None:
+            schedule = _check_schedule(size_schedule(steps), stats)
+            records = _with_batch_index(records, start_step, shard.local_batch)
+            per_example = _sized_by_batch(((0, preset), *(
+                (first, presets.train_preset(augment, size, opts, uint8))
+                for first, size in schedule)))
+        augment_fn = no_autograph(_augment_fn(source, per_example, seed, opts))
         examples = records.map(augment_fn, **_map_args(opts))
         batches = examples.batch(shard.local_batch, drop_remainder=True)
     else:
@@ -119,6 +137,7 @@ def create_dataset(
         num_examples=source.num_examples, steps_per_epoch=steps, view_sizes=view_sizes,
         global_batch_size=global_batch_size, local_batch_size=shard.local_batch,
         normalization=stats, device_steps=dict(preset.device_steps) if uint8 else None,
+        size_schedule=schedule,
     )  # fmt: skip
 
 
@@ -206,18 +225,61 @@ def _map_args(opts: Options) -> dict[str, Any]:
     return {"num_parallel_calls": opts.num_parallel_calls, "deterministic": True}
 
 
-def _augment_fn(source: Source, preset: Preset, seed: int, opts: Options) -> Callable:
-    """record -> training example: loaded, decoded and augmented by ``preset``, seeded by
-    (run seed, epoch, position in epoch)."""
+def _augment_fn(source: Source, per_example: Callable, seed: int, opts: Options) -> Callable:
+    """record -> training example: loaded, decoded and augmented by ``per_example(encoded,
+    seed)`` (a preset's, or ``_sized_by_batch``'s with ``batch=``), seeded by (run seed, epoch,
+    position in epoch)."""
     load = source.load_fn()
 
     def train_map(ex):
         ex = load(ex)
         seed_ex = _example_seed(seed, ex["epoch"], ex["position"])
-        out = preset.per_example(ex["encoded"], seed_ex)
+        out = per_example(ex["encoded"], seed_ex, **_batch_of(ex))
         return _with_label(out, ex, opts.with_index)
 
     return train_map
+
+
+def _batch_of(ex: dict) -> dict:
+    """``{"batch": ...}`` for records numbered by ``_with_batch_index``, else ``{}``."""
+    return {"batch": ex["batch"]} if "batch" in ex else {}
+
+
+def _check_schedule(
+    schedule: Sequence[tuple[int, int]], stats: dict[str, Any]
+) -> tuple[tuple[int, int], ...]:
+    """``schedule`` as a tuple of (first batch, size) pairs, ascending, sizes positive."""
+    out = tuple((int(b), int(s)) for b, s in schedule)
+    firsts = [b for b, _ in out]
+    if not out or firsts != sorted(set(firsts)) or firsts[0] < 0 or min(s for _, s in out) < 1:
+        raise ValueError(f"size_schedule must give ascending first batches >= 0 and sizes >= 1, "
+                         f"not {out}")
+    if stats["kind"] == "per_pixel_mean":
+        raise ValueError("size_schedule needs a normalisation without a mean image (per_pixel_mean "
+                         "subtracts one of image_size); use mean_std")
+    return out
+
+
+def _with_batch_index(records: tf.data.Dataset, start_step: int, local_batch: int):
+    """``records`` with "batch": the number of the global batch each belongs to (``start_step``
+    for the first ``local_batch`` records, and so on; each process reads ``local_batch`` records
+    of every global batch)."""
+    first = start_step * local_batch
+    return records.enumerate(start=first).map(
+        no_autograph(lambda k, ex: dict(ex, batch=k // local_batch)))
+
+
+def _sized_by_batch(presets_from: tuple[tuple[int, Preset], ...]) -> Callable:
+    """(encoded, seed, batch) -> the example by the preset of the last (first batch, preset)
+    entry with first batch <= ``batch``; only that preset's branch runs."""
+    firsts = tf.constant([first for first, _ in presets_from], tf.int64)
+
+    def augment(encoded, seed, batch):
+        which = tf.searchsorted(firsts, batch[None], side="right")[0] - 1
+        branches = [functools.partial(p.per_example, encoded, seed) for _, p in presets_from]
+        return tf.switch_case(tf.cast(which, tf.int32), branches)
+
+    return augment
 
 
 def _view_fn(source: Source, transform: Callable, opts: Options) -> Callable:

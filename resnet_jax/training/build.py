@@ -9,6 +9,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from resnet_jax.inference_spec import InferenceSpec
 from resnet_jax.models import registry
@@ -41,6 +42,38 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int, precision:
 def eval_image_size(config: ml_collections.ConfigDict) -> int:
     """The evaluation input size: ``config.eval_image_size``, or the training size if 0."""
     return config.eval_image_size or config.image_size
+
+
+def train_size_schedule(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> tuple[tuple[int, int], ...]:
+    """Progressive resizing: ((first batch, size), ...), one entry per size of the run.
+
+    Batch ``b`` (step b + 1) trains at the ramp's value at ``b``: ``progressive_min_size`` until
+    ``progressive_start``, rising linearly to ``image_size`` at ``progressive_end`` (in
+    ``schedule_unit``), rounded to the nearest multiple of ``progressive_multiple`` within
+    [min size, image_size]. FFCV sets the size once per epoch; here it changes at the first batch
+    whose rounded size differs, so short runs can ramp within an epoch.
+    """
+    from resnet_jax.training import optim
+    from resnet_jax.training.config import ConfigError
+
+    unit = steps_per_epoch if config.schedule_unit == "epochs" else 1
+    low, high, multiple = (config.progressive_min_size, config.image_size,
+                           config.progressive_multiple)
+    start, end = config.progressive_start * unit, config.progressive_end * unit
+    num_steps = optim.total_steps(config, steps_per_epoch)
+    if end > num_steps:
+        raise ConfigError(
+            f"config.progressive_end={config.progressive_end} {config.schedule_unit} is after the "
+            f"run's end ({num_steps} steps): the run would never train at image_size"
+        )
+    b = np.arange(num_steps)
+    t = np.clip((b - start) / (end - start), 0, 1) if end > start else (b >= start) * 1.0
+    sizes = np.floor((low + t * (high - low)) / multiple + 0.5) * multiple
+    sizes = np.where(t >= 1, high, np.clip(sizes, low, high)).astype(int)
+    changes = [0, *(np.flatnonzero(np.diff(sizes)) + 1)]
+    return tuple((int(i), int(sizes[i])) for i in changes)
 
 
 def _data_options(config: ml_collections.ConfigDict, spec_options: dict[str, Any] | None):
@@ -81,6 +114,8 @@ def create_datasets(
         train=True,
         augment=config.augment,
         start_step=start_step,
+        size_schedule=(functools.partial(train_size_schedule, config)
+                       if config.progressive_min_size else None),
         **common,
     )
     # The eval stream uses the training stream's statistics (never those of the eval split).

@@ -95,6 +95,13 @@ def default_config() -> ml_collections.ConfigDict:
     # Evaluation (and the recorded inference) input size; 0 -> image_size. The networks are fully
     # convolutional, so a larger test size pays ("ResNet strikes back" A3: train 160, test 224).
     c.eval_image_size = 0
+    # Progressive resizing (FFCV's ResNet recipes): > 0 trains at this size until
+    # progressive_start, then at sizes ramping linearly to image_size at progressive_end (both in
+    # schedule_unit), rounded to a multiple of progressive_multiple; 0 -> off.
+    c.progressive_min_size = 0
+    c.progressive_start = 0.0
+    c.progressive_end = 0.0
+    c.progressive_multiple = 32
     c.augment = "resnet_paper"
     c.eval_view = "center"
     c.dataset_options = ml_collections.ConfigDict()
@@ -338,6 +345,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     optim.check_regex("frozen", config.frozen)
     optim.parse_lr_multipliers(config.lr_multipliers)
     _validate_recipe(config)
+    _validate_progressive_resizing(config, ref)
     _validate_mixing_and_loss(config, ref)
     xla_flags_for(config.xla_flags)
 
@@ -382,6 +390,34 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
             f"config.grad_accum_steps={k} must be >= 1 and divide config.global_batch_size="
             f"{config.global_batch_size} (and the per-device batch)"
         )
+
+
+def _validate_progressive_resizing(
+    config: ml_collections.ConfigDict, ref: ml_collections.ConfigDict
+) -> None:
+    """progressive_*: a ramp from a size in (0, image_size] that ends after it starts."""
+    keys = ("progressive_start", "progressive_end", "progressive_multiple")
+    low = config.progressive_min_size
+    if low == 0:
+        for key in keys:
+            if config[key] != ref[key]:
+                raise ConfigError(f"config.{key} = {config[key]} has no effect: progressive "
+                                  "resizing is off; set config.progressive_min_size > 0")
+        return
+    if not 0 < low <= config.image_size:
+        raise ConfigError(f"config.progressive_min_size must be in (0, image_size="
+                          f"{config.image_size}] (0: off), got {low}")
+    if not 0 <= config.progressive_start <= config.progressive_end or config.progressive_end == 0:
+        raise ConfigError(
+            "config.progressive_start and progressive_end must satisfy 0 <= start <= end, end > 0 "
+            f"(in {config.schedule_unit}), got {config.progressive_start} and "
+            f"{config.progressive_end}")
+    if config.progressive_multiple < 1:
+        raise ConfigError(f"config.progressive_multiple must be >= 1 (e.g. 32), got "
+                          f"{config.progressive_multiple}")
+    if config.dataset_options.get("normalization") == "per_pixel_mean":
+        raise ConfigError("progressive resizing needs a normalisation without a mean image of one "
+                          "size (per_pixel_mean); use mean_std")
 
 
 def _validate_mixing_and_loss(

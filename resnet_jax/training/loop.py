@@ -162,6 +162,8 @@ def _log_start(run: Run, progress: Progress) -> None:
     recipe = _describe_recipe(config)
     if recipe:
         progress.log(recipe)
+    if run.train_ds.size_schedule:
+        progress.log(_describe_sizes(run.train_ds.size_schedule))
     if config.frozen or config.lr_multipliers:
         # Shapes suffice: no copy of the parameters to the host.
         shapes = run.dp.replica_shapes(run.state.params)
@@ -186,6 +188,12 @@ def _describe_recipe(config: ml_collections.ConfigDict) -> str:
         parts.append(f"gradients of {k} micro-batches of {config.global_batch_size // k} "
                      "per optimizer step")
     return "; ".join(parts)
+
+
+def _describe_sizes(schedule: tuple[tuple[int, int], ...]) -> str:
+    """Progressive resizing's line: each size and its first step (batch b is step b + 1)."""
+    parts = ", ".join(f"{size} px from step {first + 1}" for first, size in schedule)
+    return f"progressive resizing: {parts}; the train step compiles once for each size"
 
 
 def evaluate(
