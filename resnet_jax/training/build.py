@@ -11,8 +11,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from resnet_jax.errors import ConfigError
 from resnet_jax.inference_spec import InferenceSpec
 from resnet_jax.models import registry
+from resnet_jax.training import optim
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 PRECISIONS = ("auto", *DTYPES)  # config.precision
@@ -55,9 +57,6 @@ def train_size_schedule(
     [min size, image_size]. FFCV sets the size once per epoch; here it changes at the first batch
     whose rounded size differs, so short runs can ramp within an epoch.
     """
-    from resnet_jax.training import optim
-    from resnet_jax.training.config import ConfigError
-
     unit = steps_per_epoch if config.schedule_unit == "epochs" else 1
     low, high, multiple = (config.progressive_min_size, config.image_size,
                            config.progressive_multiple)
