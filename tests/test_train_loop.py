@@ -119,6 +119,52 @@ def test_sigterm_saves_and_exits_then_resume_is_identical(straight, tmp_path):
     assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
 
 
+def test_the_host_runs_at_most_max_steps_ahead_of_slow_steps(tmp_path, monkeypatch):
+    """SIGTERM is seen once per step on the host, so the host must not run far ahead of the
+    devices (dispatch is asynchronous). Each step here first does ~0.1 s of matmuls; without the
+    bound the loop reaches step N - 1 within milliseconds, with it only after steps 1 to
+    N - 1 - MAX_STEPS_AHEAD are done."""
+    import time
+
+    import jax.numpy as jnp
+
+    from resnet_jax.training import loop, prepare
+    from resnet_jax.training.parallel import DataParallel
+
+    @jax.jit
+    def busy(step):  # a value the step depends on, computed slowly
+        x = jnp.full((256, 256), 0.5, jnp.float32) + step.astype(jnp.float32)
+        x = jax.lax.fori_loop(0, 100, lambda i, a: jnp.tanh(a @ a), x)
+        return jnp.isnan(x[0, 0]).astype(step.dtype)  # 0, which XLA cannot know
+
+    busy(jnp.int32(0)).block_until_ready()
+    seconds = []
+    for _ in range(3):
+        t = time.perf_counter()
+        busy(jnp.int32(0)).block_until_ready()
+        seconds.append(time.perf_counter() - t)
+    make_step = prepare.make_train_step
+
+    def slow_train_step(*args, **kwargs):
+        step_fn = make_step(*args, **kwargs)
+        return lambda state, metrics, batch: step_fn(
+            state.replace(step=state.step + busy(state.step)), metrics, batch)
+
+    monkeypatch.setattr(prepare, "make_train_step", slow_train_step)
+    # One device: programs over several CPU devices dispatch synchronously (their collectives),
+    # which would hide the run-ahead; one device's, like a GPU's or TPU's, dispatch asynchronously.
+    monkeypatch.setattr(prepare, "DataParallel",
+                        lambda mode: DataParallel(mode, jax.devices()[:1]))
+    reached = {}
+    hook = lambda step, state: reached.setdefault(step, time.perf_counter())  # noqa: E731
+    quiet = ("log_every_steps=100", "checkpoint_every_steps=100")  # no host sync before step N
+    train_and_evaluate(tiny_config(*quiet), str(tmp_path), hooks=[hook])
+    # Steps 1 .. N - 1 - MAX_STEPS_AHEAD (>= 5 here) ran between the hooks of steps 1 and N - 1,
+    # each at least one busy() (every device runs one); 2 of them is a margin for timing noise.
+    assert N - 1 - loop.MAX_STEPS_AHEAD >= 5
+    assert reached[N - 1] - reached[1] >= 2 * min(seconds), (reached, seconds)
+
+
 def test_changed_config_or_model_is_a_clear_error(straight, tmp_path):
     workdir = straight[0]
     with pytest.raises(CheckpointMismatchError, match="learning_rate: 0.1 -> 0.2"):

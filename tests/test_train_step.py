@@ -1,6 +1,7 @@
 """The data-parallel train step on 8 simulated devices: shard_map and pmap equal one device
 on the same global batch, sync BN equals BN over the whole batch, per-device BN keeps the
-running statistics identical, buffers are donated and the step never recompiles.
+running statistics identical, state buffers are donated (metric sums are not) and the step
+never recompiles.
 
 Tolerance: float32, 2 steps of SGD; results differ only by the order of the cross-device sums,
 so parameters and BN statistics agree to atol=rtol=2e-5.
@@ -130,9 +131,11 @@ def test_step_donates_buffers_and_never_recompiles(mode):
         jax.block_until_ready(state)
         first = len(compiles)
         for b in batches[1:]:
-            old_leaf = jax.tree.leaves(state.params)[0]
+            old_leaf, old_sum = jax.tree.leaves(state.params)[0], jax.tree.leaves(metrics)[0]
             state, metrics = step(state, metrics, b)
             assert old_leaf.is_deleted(), "state buffers are not donated"
+            # The loop waits on an earlier step's sums (loop.MAX_STEPS_AHEAD): they must live.
+            assert not old_sum.is_deleted(), "metric sums are donated"
         jax.block_until_ready(state)
         assert first >= 1, "the first call should compile"
         assert len(compiles) == first, f"recompiled: {compiles[first:]}"

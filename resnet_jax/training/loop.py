@@ -9,6 +9,7 @@ in ``parallel.py``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import signal
@@ -28,9 +29,14 @@ from resnet_jax.training.parallel import DataParallel
 from resnet_jax.training.prepare import Run, check_workdir, prepare
 from resnet_jax.training.step import TrainState, ema_of
 
-__all__ = ["Hook", "TrainingDivergedError", "evaluate", "train_and_evaluate"]
+__all__ = ["Hook", "MAX_STEPS_AHEAD", "TrainingDivergedError", "evaluate", "train_and_evaluate"]
 
 Hook = Callable[[int, TrainState], None]
+
+# Steps the host may dispatch ahead of the devices. Dispatch is asynchronous, so without a bound
+# the host runs up to the runtime's queue ahead (dozens of steps: a SIGTERM, checked once per
+# step on the host, then waited ~10 minutes for a slow CPU step); 2 keeps the next step queued.
+MAX_STEPS_AHEAD = 2
 
 
 def train_and_evaluate(
@@ -87,10 +93,14 @@ def _train(
     last_eval: dict[str, float] = {}
     last_saved, stopped = run.start_step, None
     batches = run.dp.device_batches(run.train_ds)  # the next batches already on the devices
+    in_flight: collections.deque = collections.deque()  # the metric sums of unfinished steps
     with _Preemption() as preemption:
         for step in range(run.start_step + 1, run.num_steps + 1):
             state, sums = run.train_step(state, metrics.sums, next(batches))
             metrics.update(sums)
+            in_flight.append(sums)
+            if len(in_flight) > MAX_STEPS_AHEAD:
+                jax.block_until_ready(in_flight.popleft())  # step - MAX_STEPS_AHEAD is done
             stop = preemption.check(step) or step == stop_after
             do_eval = step == run.num_steps or (run.eval_every > 0 and step % run.eval_every == 0)
             do_save = do_eval or stop or step % config.checkpoint_every_steps == 0

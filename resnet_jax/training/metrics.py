@@ -44,7 +44,7 @@ class TrainMetrics:
         fp16: bool,
         checkpoints: Checkpointer,
     ):
-        self.sums = dp.init_metrics()  # in dp's layout; donated to (and returned by) the step
+        self.sums = dp.init_metrics()  # in dp's layout; the step returns the next sums
         self.last: dict[str, float] = {}  # the latest row
         self._dp, self._lr_fn, self._steps_per_epoch = dp, lr_fn, steps_per_epoch
         self._fp16, self._checkpoints = fp16, checkpoints
@@ -52,7 +52,7 @@ class TrainMetrics:
         self._t = time.time()
 
     def update(self, sums: dict) -> None:
-        """Takes the sums the step returned (it consumed the previous ones)."""
+        """Takes the sums the step returned (the previous ones plus this step's)."""
         self.sums = sums
 
     def restart_clock(self) -> None:

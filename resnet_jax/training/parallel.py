@@ -1,8 +1,8 @@
 """Data parallelism: one interface, :class:`DataParallel`, and one small class per mode.
 
 Each mode places the state and the batches on the devices and wraps the per-device step
-functions of ``step.py`` (collectives over the axis ``"batch"``); both donate the state and
-metric buffers.
+functions of ``step.py`` (collectives over the axis ``"batch"``); both donate the state (not
+the few metric scalars: the loop waits on an earlier step's, see ``loop.MAX_STEPS_AHEAD``).
 
 - :class:`ShardMapParallel` (``"shard_map"``, the default): ``jax.jit(jax.shard_map(...))``
   over a 1-D mesh of every device of every process. State is a replicated global ``jax.Array``
@@ -179,7 +179,7 @@ class ShardMapParallel(DataParallel):
             out_specs=(P(), P()),
             check_vma=False,
         )
-        return jax.jit(mapped, donate_argnums=(0, 1))
+        return jax.jit(mapped, donate_argnums=0)
 
     def eval_step(self, eval_fn: Callable) -> Callable:
         mapped = jax.shard_map(
@@ -226,7 +226,7 @@ class PmapParallel(DataParallel):
         return jax.tree.map(lambda x: jax.device_put(x, self.sharded), self.shard_batch(batch))
 
     def train_step(self, step_fn: Callable) -> Callable:
-        return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0, 1), devices=self.devices)
+        return jax.pmap(step_fn, axis_name=AXIS, donate_argnums=0, devices=self.devices)
 
     def eval_step(self, eval_fn: Callable) -> Callable:
         pmapped = jax.pmap(eval_fn, axis_name=AXIS, devices=self.devices)
