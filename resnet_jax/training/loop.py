@@ -34,8 +34,8 @@ __all__ = ["Hook", "MAX_STEPS_AHEAD", "TrainingDivergedError", "evaluate", "trai
 Hook = Callable[[int, TrainState], None]
 
 # Steps the host may dispatch ahead of the devices. Dispatch is asynchronous, so without a bound
-# the host runs up to the runtime's queue ahead (dozens of steps: a SIGTERM, checked once per
-# step on the host, then waited ~10 minutes for a slow CPU step); 2 keeps the next step queued.
+# the host runs ahead to its next sync, the next log step (a SIGTERM, checked once per step on
+# the host, then waited 12 minutes on a CPU's 20 s steps); 2 keeps the next step queued.
 MAX_STEPS_AHEAD = 2
 
 
