@@ -83,6 +83,9 @@ def test_progressive_resizing_changes_the_size_not_the_batch():
                                       image_size=16, augment="inception", dtype="uint8",
                                       size_schedule=schedule, start_step=2), 2)
     assert [b["image"].shape[1:3] for b in crops] == [(8, 8), (12, 12)]
+    late = _take(_digits_train(size_schedule=lambda spe: ((2, 8),)), 3)  # image_size before
+    assert [b["image"].shape[1:3] for b in late] == [(16, 16), (16, 16), (8, 8)]
+    _assert_batches_equal(late[:2], plain[:2])
     with pytest.raises(ValueError, match="size_schedule is for training streams"):
         data.create_dataset("digits", "test", global_batch_size=64, train=False, image_size=16,
                             size_schedule=schedule)

@@ -111,13 +111,18 @@ def create_dataset(
         records = _train_records(source, shard, steps, start_step, opts.shuffle_buffer)
         preset = presets.train_preset(augment, image_size, opts, uint8)
         view_sizes = (image_size,)
-        per_example = preset.per_example
+        per_example = _of_encoded(preset)
         if size_schedule is not None:
             schedule = _check_schedule(size_schedule(steps), stats)
             records = _with_batch_index(records, start_step, shard.local_batch)
-            per_example = _sized_by_batch(((0, preset), *(
-                (first, presets.train_preset(augment, size, opts, uint8))
-                for first, size in schedule)))
+            by_size = {image_size: preset}  # one preset per size: the ramp ends at image_size
+            for _, size in schedule:
+                if size not in by_size:
+                    by_size[size] = presets.train_preset(augment, size, opts, uint8)
+            before = ((0, image_size),) if schedule[0][0] > 0 else ()
+            per_example = _sized_by_batch(
+                tuple((first, by_size[size]) for first, size in before + schedule)
+            )
         augment_fn = no_autograph(_augment_fn(source, per_example, seed, opts))
         examples = records.map(augment_fn, **_map_args(opts))
         batches = examples.batch(shard.local_batch, drop_remainder=True)
@@ -226,23 +231,21 @@ def _map_args(opts: Options) -> dict[str, Any]:
 
 
 def _augment_fn(source: Source, per_example: Callable, seed: int, opts: Options) -> Callable:
-    """record -> training example: loaded, decoded and augmented by ``per_example(encoded,
-    seed)`` (a preset's, or ``_sized_by_batch``'s with ``batch=``), seeded by (run seed, epoch,
-    position in epoch)."""
+    """record -> training example: loaded, decoded and augmented by ``per_example(record,
+    seed)``, seeded by (run seed, epoch, position in epoch)."""
     load = source.load_fn()
 
     def train_map(ex):
         ex = load(ex)
-        seed_ex = _example_seed(seed, ex["epoch"], ex["position"])
-        out = per_example(ex["encoded"], seed_ex, **_batch_of(ex))
+        out = per_example(ex, _example_seed(seed, ex["epoch"], ex["position"]))
         return _with_label(out, ex, opts.with_index)
 
     return train_map
 
 
-def _batch_of(ex: dict) -> dict:
-    """``{"batch": ...}`` for records numbered by ``_with_batch_index``, else ``{}``."""
-    return {"batch": ex["batch"]} if "batch" in ex else {}
+def _of_encoded(preset: Preset) -> Callable:
+    """(record, seed) -> ``preset``'s example from the record's encoded image."""
+    return lambda ex, seed: preset.per_example(ex["encoded"], seed)
 
 
 def _check_schedule(
@@ -252,11 +255,14 @@ def _check_schedule(
     out = tuple((int(b), int(s)) for b, s in schedule)
     firsts = [b for b, _ in out]
     if not out or firsts != sorted(set(firsts)) or firsts[0] < 0 or min(s for _, s in out) < 1:
-        raise ValueError(f"size_schedule must give ascending first batches >= 0 and sizes >= 1, "
-                         f"not {out}")
+        raise ValueError(
+            f"size_schedule must give ascending first batches >= 0 and sizes >= 1, not {out}"
+        )
     if stats["kind"] == "per_pixel_mean":
-        raise ValueError("size_schedule needs a normalisation without a mean image (per_pixel_mean "
-                         "subtracts one of image_size); use mean_std")
+        raise ValueError(
+            "size_schedule needs a normalisation without a mean image (per_pixel_mean "
+            "subtracts one of image_size); use mean_std"
+        )
     return out
 
 
@@ -266,17 +272,18 @@ def _with_batch_index(records: tf.data.Dataset, start_step: int, local_batch: in
     of every global batch)."""
     first = start_step * local_batch
     return records.enumerate(start=first).map(
-        no_autograph(lambda k, ex: dict(ex, batch=k // local_batch)))
+        no_autograph(lambda k, ex: dict(ex, batch=k // local_batch))
+    )
 
 
 def _sized_by_batch(presets_from: tuple[tuple[int, Preset], ...]) -> Callable:
-    """(encoded, seed, batch) -> the example by the preset of the last (first batch, preset)
-    entry with first batch <= ``batch``; only that preset's branch runs."""
+    """(record, seed) -> the example by the preset of the last (first batch, preset) entry with
+    first batch <= the record's "batch" (``_with_batch_index``); only that preset's branch runs."""
     firsts = tf.constant([first for first, _ in presets_from], tf.int64)
 
-    def augment(encoded, seed, batch):
-        which = tf.searchsorted(firsts, batch[None], side="right")[0] - 1
-        branches = [functools.partial(p.per_example, encoded, seed) for _, p in presets_from]
+    def augment(ex, seed):
+        which = tf.searchsorted(firsts, ex["batch"][None], side="right")[0] - 1
+        branches = [functools.partial(p.per_example, ex["encoded"], seed) for _, p in presets_from]
         return tf.switch_case(tf.cast(which, tf.int32), branches)
 
     return augment
@@ -313,7 +320,6 @@ def _example_seed(seed: int, epoch: tf.Tensor, position: tf.Tensor) -> tf.Tensor
     return tf.random.experimental.stateless_fold_in(tf.constant([seed, SEED_SALT], tf.int64), data)
 
 
-
 def _with_label(out: dict, ex: dict, with_index: bool) -> dict:
     out.update(label=ex["label"], mask=tf.constant(True))
     if with_index:
@@ -328,7 +334,6 @@ def _padding_like(ds: tf.data.Dataset, count: int) -> tf.data.Dataset:
     if "index" in zeros:
         zeros["index"] = tf.constant(-1, tf.int64)
     return tf.data.Dataset.from_tensors(zeros).repeat(count)
-
 
 
 def _host_tail(normalize: Callable, dtype: str, per_batch: Callable | None) -> Callable:
