@@ -14,6 +14,7 @@ from jax.sharding import PartitionSpec as P
 import resnet_jax
 from resnet_jax.models import ResidualUnit, unscan_layout
 from resnet_jax.models.blocks import drop_path
+from resnet_jax.models.layers import mish
 from tests.variables import init_variables
 
 
@@ -231,6 +232,19 @@ def test_zero_init_residual_unit_is_identity_at_init(order, bottleneck, train):
     plain = ResidualUnit(features=4, bottleneck=bottleneck, order=order)
     y = plain.apply(init_variables(plain, x, 1), x, train=False)
     assert np.abs(y - x).max() > 1e-2  # without zero init the branch contributes
+
+
+def test_mish_and_its_gradient_equal_jax_nn_mish():
+    # The one-exp form (layers.mish) against the textbook x tanh(softplus(x)), across the range
+    # where e^x underflows, where the cap at e^20 applies, and at infinity.
+    x = jnp.concatenate([jnp.linspace(-100.0, 100.0, 20001), jnp.array([0.0, jnp.inf])])
+    np.testing.assert_allclose(mish(x), jax.nn.mish(x), rtol=2e-6, atol=1e-7)
+    grad = jax.vmap(jax.grad(mish))(x[:-1])
+    np.testing.assert_allclose(grad, jax.vmap(jax.grad(jax.nn.mish))(x[:-1]), rtol=1e-5, atol=1e-6)
+    assert grad[-1] == 0.6  # d/dx at 0: tanh(log 2) = 0.6
+    y = mish(x[:-1].astype(jnp.bfloat16))
+    assert y.dtype == jnp.bfloat16 and bool(jnp.isfinite(y).all())
+    np.testing.assert_allclose(y.astype(jnp.float32), jax.nn.mish(x[:-1]), rtol=2e-2, atol=1e-2)
 
 
 def test_activation_orders_follow_identity_mappings_fig4():

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import BatchNorm, Dtype, conv, he_normal
+from resnet_jax.models.layers import BatchNorm, Dtype, conv, he_normal, mish
 
 ModuleFactory = Callable[..., nn.Module]
 
@@ -36,7 +36,7 @@ NONE, RELU, BN, BN_RELU = "", "relu", "bn", "bn_relu"
 # What "ReLU" computes, by name (``activation``): the papers' ReLU, or Mish (Misra 2019), the
 # nonlinearity of fastai's xresnet behind the Imagenette leaderboard, or SiLU.
 NONLINEARITIES: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "relu": nn.relu, "mish": jax.nn.mish, "silu": nn.silu,
+    "relu": nn.relu, "mish": mish, "silu": nn.silu,
 }
 
 

@@ -1,4 +1,5 @@
-"""Layers shared by the units and the network: convolution with the papers' init, BatchNorm."""
+"""Layers shared by the units and the network: convolution with the papers' init, BatchNorm,
+Mish."""
 
 from __future__ import annotations
 
@@ -117,3 +118,28 @@ class BatchNorm(nn.Module):
         mul = jax.lax.rsqrt(var + self.epsilon) * scale.astype(jnp.float32)
         y = (x.astype(jnp.float32) - mean) * mul + bias.astype(jnp.float32)
         return y.astype(self.dtype)
+
+
+# Mish (Misra 2019) with one exp: tanh(softplus(x)) = n / (n + 2) for n = e^x (e^x + 2), and a
+# closed-form derivative; 8% less step time than jax.nn.mish's exp, log1p, tanh and their
+# autodiff for fastai's network on CPU (docs/recipes.md#imagenette-against-fastais-leaderboard).
+@jax.custom_jvp
+def mish(x: jax.Array) -> jax.Array:
+    """x tanh(softplus(x)), equal to ``jax.nn.mish`` to float rounding."""
+    return x * _tanh_softplus(x)[0]
+
+
+def _tanh_softplus(x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(tanh(softplus(x)), sigmoid(x)); e^x is capped at e^20, where the first is 1 in float32
+    and bfloat16, so nothing overflows."""
+    e = jnp.exp(jnp.minimum(x, 20.0).astype(x.dtype))
+    n = e * (e + 2)
+    return n / (n + 2), e / (e + 1)
+
+
+@mish.defjvp
+def _mish_jvp(primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[jax.Array, jax.Array]:
+    (x,), (dx,) = primals, tangents
+    t, sigmoid = _tanh_softplus(x)
+    # d/dx x tanh(softplus(x)) = tanh(sp) + x sech^2(sp) sigmoid(x), as softplus' = sigmoid.
+    return x * t, (t + x * (1 - t * t) * sigmoid) * dx
