@@ -37,10 +37,9 @@ Expected: the leaderboard's entries are 85.77% (5 epochs, 128 px), 91.57% (20 ep
 the centre 224/256 crop), 101 and 89 min at 8.0 and 10.0-10.6 img/s for seeds 0 and 1 on a
 2-core AMD EPYC Zen 4 (seed 1 with huge-page malloc, partly on shared cores), 68 min at 11.8-12.0
 img/s for seed 2 on a 2-core Intel Xeon with AMX (82 min with 14 min of pauses); on ResNet-50-D
-81.16% +- 0.52
-(std of seeds 0, 1, 2: 81.50, 80.56, 81.43; 81.14% +- 0.38 in the 224/256 crop), 69-98 min
-each, partly on shared cores; on ResNet-50-D with AdamW (lr 4e-3, 0.3-epoch warm-up) and ReLU
-instead, 77.99% +- 0.59 (seeds 0, 1, 2; 224/256 crop); baseline 68.94% (seed 0), 24 min;
+81.16% +- 0.52 (std of seeds 0, 1, 2: 81.50, 80.56, 81.43; 81.14% +- 0.38 in the 224/256 crop),
+69-98 min each, partly on shared cores; on ResNet-50-D with AdamW (lr 4e-3, 0.3-epoch warm-up)
+and ReLU instead, 77.99% +- 0.59 (seeds 0, 1, 2; 224/256 crop); baseline 68.94% (seed 0), 24 min;
 20ep_128 and 5ep_192 not run yet (docs/recipes.md#imagenette-against-fastais-leaderboard).
 """
 

@@ -132,7 +132,7 @@ def mish(x: jax.Array) -> jax.Array:
 def _tanh_softplus(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(tanh(softplus(x)), sigmoid(x)); e^x is capped at e^20, where the first is 1 in float32
     and bfloat16, so nothing overflows."""
-    e = jnp.exp(jnp.minimum(x, 20.0).astype(x.dtype))
+    e = jnp.exp(jnp.minimum(x, 20.0))  # a Python float keeps x's dtype
     n = e * (e + 2)
     return n / (n + 2), e / (e + 1)
 
