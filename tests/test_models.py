@@ -160,6 +160,35 @@ def test_down_pool_errors():
                                                                   train=False)
 
 
+@pytest.mark.parametrize("weight_init", ["torchvision", "fastai"])
+def test_weight_init_draws_kernels_over_the_fan_out_or_the_fan_in(weight_init):
+    # A ResNeXt 32x4d unit with SE: its grouped 3x3 (8 of 256 channels per group) has fan-in
+    # 9 * 8 and fan-out 9 * 256, so the two schemes differ by sqrt(32) in std there.
+    model = resnet_jax.ResNet(stage_sizes=(1,), stage_widths=(128,), bottleneck=True,
+                              stem="deep", stem_width=32, groups=32, base_width=4,
+                              se_reduction=16, num_classes=1000, weight_init=weight_init)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)["params"]
+    kernels = {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf
+               in jax.tree_util.tree_leaves_with_path(params) if leaf.ndim == 4}
+    grouped = kernels["['layer1']['block0']['conv2']['kernel']"]
+    assert grouped.shape == (3, 3, 8, 256)
+    assert len(kernels) == 9  # 3 stem convs, 3 branch convs, the shortcut, SE's fc1 and fc2
+    for name, k in kernels.items():
+        fan = k.shape[0] * k.shape[1] * (k.shape[2] if weight_init == "fastai" else k.shape[3])
+        np.testing.assert_allclose(k.std(), np.sqrt(2 / fan), rtol=0.15, err_msg=name)
+    fc = params["fc"]
+    if weight_init == "fastai":  # init_cnn: kaiming_normal_ (fan-in 512) and zero biases
+        np.testing.assert_allclose(fc["kernel"].std(), np.sqrt(2 / 512), rtol=0.02)
+        assert not np.any(fc["bias"])
+    else:  # torch.nn.Linear's U(-1/sqrt(512), 1/sqrt(512)) for both
+        for leaf in (fc["kernel"], fc["bias"]):
+            assert np.abs(leaf).max() <= 512**-0.5
+            np.testing.assert_allclose(np.abs(leaf).max(), 512**-0.5, rtol=0.02)
+    with pytest.raises(ValueError, match="weight_init must be one of"):
+        model.clone(weight_init="timm").init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
+                                             train=False)
+
+
 @pytest.mark.parametrize("name", resnet_jax.list_models())
 def test_every_model_builds_with_the_right_output_shape(name):
     out = _abstract(name)[0]

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import BatchNorm, Dtype, conv, he_normal, mish
+from resnet_jax.models.layers import BatchNorm, Dtype, Initializer, conv, he_normal, mish
 
 ModuleFactory = Callable[..., nn.Module]
 
@@ -117,16 +117,19 @@ class SqueezeExcite(nn.Module):
     FC to C/r, ReLU, FC back to C, sigmoid, and the input scaled channel-wise by the result.
 
     The FCs are 1x1 convolutions with biases (timm's and fastai's layout, so their weights map
-    one to one), named ``fc1`` and ``fc2``; kernels He-initialised as every conv here, biases 0.
+    one to one), named ``fc1`` and ``fc2``; kernels from ``kernel_init`` as the network's convs,
+    biases 0.
 
     Attributes:
       reduction: r of §3.2 (16 in the paper); the hidden width is ``make_divisible(C / r)``.
       activation: the nonlinearity between the FCs (the paper's ReLU; fastai uses the network's).
+      kernel_init: the FCs' kernel initializer (He's fan-out normal, as every conv here).
       dtype, param_dtype: computation and parameter dtypes.
     """
 
     reduction: int = 16
     activation: str = "relu"
+    kernel_init: Initializer = he_normal
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -134,7 +137,7 @@ class SqueezeExcite(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         channels = x.shape[-1]
         fc = functools.partial(nn.Conv, kernel_size=(1, 1), dtype=self.dtype,
-                               param_dtype=self.param_dtype, kernel_init=he_normal)
+                               param_dtype=self.param_dtype, kernel_init=self.kernel_init)
         s = jnp.mean(x.astype(jnp.float32), axis=(1, 2), keepdims=True).astype(self.dtype)
         s = fc(make_divisible(channels / self.reduction), name="fc1")(s)
         s = fc(channels, name="fc2")(NONLINEARITIES[self.activation](s))
@@ -247,13 +250,13 @@ class ResidualUnit(nn.Module):
       self_attention: fastai's ``SimpleSelfAttention`` on the branch output after SE, before
         the addition (fastai's ``ResBlock(sa=True)``).
       conv: makes each convolution, called as ``conv(features, kernel, strides, groups=...,
-        zero_init=..., name=...)``: ``layers.conv`` with the network's ``dtype``,
-        ``param_dtype`` and ``impl`` bound (default: float32, ``impl="auto"``).
+        zero_init=..., name=...)``: ``layers.conv`` with the network's ``kernel_init``,
+        ``dtype``, ``param_dtype`` and ``impl`` bound (default: float32, ``impl="auto"``).
       norm: makes each BatchNorm, called with ``use_running_average``, ``scale_init`` and
         ``name``: ``layers.BatchNorm`` with the network's momentum, epsilon, dtypes,
         ``axis_name`` and ``frozen`` bound (default: float32, momentum 0.9, epsilon 1e-5).
       squeeze_excite: makes the SE gate, called with ``reduction``, ``activation`` and ``name``:
-        ``SqueezeExcite`` with the network's dtypes bound.
+        ``SqueezeExcite`` with the network's kernel init and dtypes bound.
       attention: makes the self-attention layer, called with ``name``: ``SimpleSelfAttention``
         with the network's dtypes bound.
     """

@@ -14,12 +14,16 @@ from resnet_jax.models import onednn
 from resnet_jax.models.cpu_conv import cpu_fast_conv_general_dilated
 
 Dtype = Any
+Initializer = Any  # a flax.linen initializer: (key, shape, dtype) -> array
 ConvImpl = Literal["auto", "xla", "cpu_fast", "onednn"]
 CONV_IMPLS = ("auto", "xla", "cpu_fast", "onednn")
 
 # 2015 paper §3.4: weights initialised as in He et al. 2015 ("Delving deep"), N(0, 2/n); n is the
 # fan-out k*k*c_out as in fb.resnet.torch and torchvision.
 he_normal = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# fastai's init_cnn: kaiming_normal_ with PyTorch's default fan-in k*k*c_in/groups, every conv and
+# linear layer. For a grouped conv it is groups x fan-out's variance (32x in ResNeXt 32x4d).
+he_normal_fan_in = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 def _auto_conv(*args: Any, **kwargs: Any) -> jax.Array:
@@ -43,15 +47,17 @@ def conv_general_dilated_fn(impl: ConvImpl) -> Any:
 
 
 def conv(features: int, kernel: int, strides: int = 1, *, groups: int = 1,
-         zero_init: bool = False, dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+         zero_init: bool = False, kernel_init: Initializer = he_normal,
+         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
          impl: ConvImpl = "auto", name: str | None = None) -> nn.Conv:
     """A bias-free k x k convolution (BN follows it) with symmetric padding k//2, as in the
-    papers' Torch/Caffe code (XLA's 'SAME' would pad stride-2 convs asymmetrically)."""
+    papers' Torch/Caffe code (XLA's 'SAME' would pad stride-2 convs asymmetrically); kernels
+    from ``kernel_init`` (He's fan-out normal), or zeros with ``zero_init``."""
     pad = kernel // 2
     return nn.Conv(
         features, (kernel, kernel), strides=(strides, strides), padding=((pad, pad), (pad, pad)),
         feature_group_count=groups, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-        kernel_init=nn.initializers.zeros if zero_init else he_normal,
+        kernel_init=nn.initializers.zeros if zero_init else kernel_init,
         conv_general_dilated=conv_general_dilated_fn(impl), name=name,
     )
 

@@ -21,13 +21,16 @@ from resnet_jax.models.blocks import (
     activate,
     check_activation,
 )
-from resnet_jax.models.layers import BatchNorm, ConvImpl, conv
+from resnet_jax.models.layers import BatchNorm, ConvImpl, conv, he_normal, he_normal_fan_in
 
 Dtype = Any
 STEMS = ("imagenet", "cifar", "deep")
 
 # torch.nn.Linear's default init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (neither paper specifies one).
 _fc_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+# ``weight_init``: "torchvision" (convs He fan-out, the classifier PyTorch's Linear default) or
+# "fastai" (xresnet's init_cnn: every conv and the classifier He fan-in, biases 0).
+WEIGHT_INITS = ("torchvision", "fastai")
 
 
 def _fc_bias_init(fan_in: int) -> nn.initializers.Initializer:
@@ -126,6 +129,11 @@ class ResNet(nn.Module):
       self_attention: fastai's ``SimpleSelfAttention`` in the last unit of the first stage, where
         fastai's xresnet puts it (``XResNet(sa=True)``); not with ``scan_units``. See
         ``blocks.SimpleSelfAttention``.
+      weight_init: ``torchvision`` (convs He-normal over the fan-out k*k*c_out, as the 2015
+        paper's Torch code and torchvision; the classifier ``torch.nn.Linear``'s default) or
+        ``fastai`` (fastai's ``init_cnn``: He-normal over the fan-in k*k*c_in/groups for every
+        conv and the classifier, biases 0; a grouped conv's kernels start sqrt(groups) times
+        larger). Either way zero-init residual gammas and the self-attention layer are unchanged.
       bn_momentum, bn_epsilon: BatchNorm running-average momentum (Flax convention: 0.9 equals
         PyTorch's 0.1) and epsilon.
       frozen_bn: every BN (stem and units) normalises with its running statistics in training
@@ -184,6 +192,7 @@ class ResNet(nn.Module):
     activation: str = "relu"
     se_reduction: int = 0
     self_attention: bool = False
+    weight_init: str = "torchvision"
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     frozen_bn: bool = False
@@ -204,16 +213,21 @@ class ResNet(nn.Module):
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         check_activation(self.activation)
+        if self.weight_init not in WEIGHT_INITS:
+            raise ValueError(
+                f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}")
 
     def _parts(self) -> tuple[ModuleFactory, ModuleFactory, ModuleFactory, ModuleFactory]:
         """The configured conv, BatchNorm (train mode is bound where they are used), SE and
         self-attention."""
-        conv_part = functools.partial(
-            conv, dtype=self.dtype, param_dtype=self.param_dtype, impl=self.conv_impl)
+        kernel_init = he_normal_fan_in if self.weight_init == "fastai" else he_normal
+        conv_part = functools.partial(conv, kernel_init=kernel_init, dtype=self.dtype,
+                                      param_dtype=self.param_dtype, impl=self.conv_impl)
         norm_part = functools.partial(
             BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
             param_dtype=self.param_dtype, axis_name=self.axis_name, frozen=self.frozen_bn)
-        se_part = functools.partial(SqueezeExcite, dtype=self.dtype, param_dtype=self.param_dtype)
+        se_part = functools.partial(SqueezeExcite, kernel_init=kernel_init, dtype=self.dtype,
+                                    param_dtype=self.param_dtype)
         sa_part = functools.partial(SimpleSelfAttention, dtype=self.dtype,
                                     param_dtype=self.param_dtype)
         return conv_part, norm_part, se_part, sa_part
@@ -285,10 +299,12 @@ class ResNet(nn.Module):
         x = jnp.mean(x, axis=(1, 2))
         features["pre_logits"] = x
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        fc_in = x.shape[-1]
+        fastai_init = self.weight_init == "fastai"
         x = nn.Dense(
             self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_init=_fc_kernel_init, bias_init=_fc_bias_init(fc_in), name="fc",
+            kernel_init=he_normal_fan_in if fastai_init else _fc_kernel_init,
+            bias_init=nn.initializers.zeros if fastai_init else _fc_bias_init(x.shape[-1]),
+            name="fc",
         )(x)
         logits = jnp.asarray(x, jnp.float32)
         if return_features:
