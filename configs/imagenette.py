@@ -22,10 +22,12 @@ flat for 75% of training then cosine (fit_flat_cos); decoupled weight decay 0.01
 biases; label smoothing 0.1; random-resized crops of 35-100% of the image and flips. The
 leaderboard's rules hold: no test-time augmentation, tested at the training size, in fastai's
 validation view (its RandomResizedCrop's: the image resized to S + ceil(0.14 S / 8) * 8 px, then
-the centre S, i.e. crop_fraction 128/152 at 128 px). One difference remains: fastai's recipe
+the centre S, i.e. crop_fraction 128/152 at 128 px). Two differences remain: fastai's recipe
 runs with max-pool shortcuts (`--pool MaxPool`), ours average as ResNet-D
-(`--config.model_kwargs.down_pool=max` gives fastai's; see docs/recipes.md for why it is not the
-default yet). The same recipe on ResNet-50-D:
+(`--config.model_kwargs.down_pool=max` gives fastai's), and fastai initialises every conv and
+the classifier over the fan-in (xresnet's init_cnn), ours over the fan-out as torchvision
+(`--config.model_kwargs.weight_init=fastai` gives fastai's); see docs/recipes.md for why
+neither is the default yet. The same recipe on ResNet-50-D:
 `--config.model=resnet50d --config.model_kwargs.self_attention=False`.
 "baseline": ResNet-18 with the ImageNet recipe (SGD, lr 0.1 x 64/256, half an epoch of warm-up,
 cosine; inception crops).
