@@ -148,6 +148,8 @@ def test_bce_loss_matches_hand_formula():
         ({"loss": "focal"}, r"config.loss = 'focal'; choose one of \('softmax', 'bce'\)"),
         ({"loss": "bce", "bce_target_threshold": 1.0}, "bce_target_threshold must be in"),
         ({"bce_target_threshold": 0.2}, "bce_target_threshold needs config.loss='bce'"),
+        ({"dataset_options": {"resize_method": "bilinaer"}},
+         "config.dataset_options.resize_method = 'bilinaer'; choose one of"),
     ],
 )
 def test_bad_mixing_and_loss_options_are_config_errors(changes, message):
@@ -158,6 +160,14 @@ def test_bad_mixing_and_loss_options_are_config_errors(changes, message):
     c.update(changes)
     with pytest.raises(ConfigError, match=message):
         validate(c)
+
+
+def test_resize_methods_are_tensorflows():
+    from resnet_jax.data.host_tf import tf
+    from resnet_jax.training.config import RESIZE_METHODS
+
+    methods = {v for k, v in vars(tf.image.ResizeMethod).items() if k.isupper()}
+    assert set(RESIZE_METHODS) == methods
 
 
 def test_resume_with_mixing_and_host_augment_is_bit_identical(tmp_path):

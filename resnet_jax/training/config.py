@@ -446,9 +446,21 @@ def _validate_mixing_and_loss(
     _validate_host_augment(config.dataset_options)
 
 
+# tf.image.ResizeMethod's values (a test checks them against TensorFlow's): named here so a
+# typo is a config error before TensorFlow is imported.
+RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczos5", "gaussian",
+                  "mitchellcubic")
+
+
 def _validate_host_augment(options: ml_collections.ConfigDict) -> None:
-    """dataset_options.auto_augment (a policy string) and random_erasing (a probability)."""
+    """dataset_options.auto_augment (a policy string), random_erasing (a probability) and
+    resize_method (a tf.image.resize method)."""
     from resnet_jax.data.policy import parse_auto_augment  # no TensorFlow import
+
+    method = options.get("resize_method", "bilinear")
+    if method not in RESIZE_METHODS:
+        raise ConfigError(
+            f"config.dataset_options.resize_method = {method!r}; choose one of {RESIZE_METHODS}")
 
     try:
         parse_auto_augment(options.get("auto_augment", ""))
