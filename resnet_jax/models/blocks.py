@@ -26,7 +26,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.layers import BatchNorm, Dtype, Initializer, conv, he_normal, mish
+from resnet_jax.models.layers import (
+    BatchNorm,
+    Dtype,
+    Initializer,
+    conv,
+    he_normal,
+    he_normal_fan_in,
+    mish,
+)
 
 ModuleFactory = Callable[..., nn.Module]
 
@@ -170,9 +178,8 @@ class SimpleSelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         b, h, w, c = x.shape
-        # fastai's 1x1 Conv1d in Flax's (width, in, out) layout; kaiming_normal_: fan-in, gain 2.
-        kernel = self.param("kernel", nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
-                            (1, c, c), self.param_dtype)
+        # fastai's 1x1 Conv1d in Flax's (width, in, out) layout, drawn as its init_cnn does.
+        kernel = self.param("kernel", he_normal_fan_in, (1, c, c), self.param_dtype)
         gamma = self.param("gamma", nn.initializers.zeros, (1,), self.param_dtype)
         key = self.make_rng("params") if self.is_initializing() else None
         u = self.variable("batch_stats", "u",
