@@ -181,6 +181,33 @@ def test_folder_missing_root_split_and_empty_class(tmp_path):
         _eval("folder", "train", data_dir=str(root))
 
 
+def test_folder_percent_slices_carve_a_held_out_set_per_class(tmp_path, scans):
+    """``train[:70%]`` and ``train[70%:]`` partition every class 7/3, by a hash of the file names
+    (not their order), and share one scan; a slice that is not one is an error naming the form."""
+    root = _tiny_folder(tmp_path, n=10, size=(8, 8))
+    _age(root)
+    fit, held = (sources.folder_source(root, f"train[{s}]") for s in (":70%", "70%:"))
+    whole = sources.folder_source(root, "train")
+    assert len(scans) == 1  # a slice keeps the scan it was cut from alive, for the next slice
+    assert fit.name.endswith("[0%:70%]") and held.name.endswith("[70%:100%]")
+    assert np.bincount(fit.labels).tolist() == [7, 7]
+    assert np.bincount(held.labels).tolist() == [3, 3]
+    assert sorted(fit.paths + held.paths) == sorted(whole.paths)
+    for part in (fit, held):  # labels still name each file's class folder; bytes go with paths
+        for path, label, blob in zip(part.paths, part.labels, part.encoded, strict=True):
+            assert f"/{part.class_names[label]}/" in path
+            assert blob == whole.encoded[whole.paths.index(path)]
+    held_names = sorted(p.rsplit("/", 1)[1] for p in held.paths)
+    assert held_names != ["7.jpg", "7.jpg", "8.jpg", "8.jpg", "9.jpg", "9.jpg"]  # not the tails
+    middle = sources.folder_source(root, "train[10%:40%]")
+    assert np.bincount(middle.labels).tolist() == [3, 3] and not set(middle.paths) & set(held.paths)
+    ds = _eval("folder", "train[70%:]", data_dir=str(root), image_size=8)
+    assert ds.num_examples == 6 and sum(b["mask"].sum() for b in ds) == 6
+    for bad in ("train[:70]", "train[70%:30%]", "train[:101%]", "train[a:b]", "train]"):
+        with pytest.raises(data.DataError, match=r"not a percent slice.*train\[:90%\]"):
+            sources.folder_source(root, bad)
+
+
 def test_non_image_file_error_names_it_or_is_skipped_and_counted(tmp_path):
     root = _tiny_folder(tmp_path)
     (root / "train" / "a" / "notes.txt").write_text("not an image")

@@ -1,12 +1,15 @@
 """Image folders, ``<root>/<split>/<class>/*``: the class list, the scan (listing and reading
-every file, memoised per process while its source is alive), ``gs://`` folders, and the search
-for files that are not decodable images."""
+every file, memoised per process while its source is alive), ``gs://`` folders, percent slices
+of a split (``train[:90%]``: a held-out set carved per class) and the search for files that are
+not decodable images."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -25,6 +28,56 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 # Magic numbers of the formats tf.io.decode_image understands.
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
+
+
+# tfds's percent-slice syntax, the subset folders take: "train[:90%]", "train[90%:]",
+# "train[10%:20%]".
+_SPLIT_SLICE = re.compile(r"(?P<base>[^\[\]]+)\[(?:(?P<start>\d+)%)?:(?:(?P<end>\d+)%)?\]")
+
+
+def parse_split(split: str) -> tuple[str, tuple[int, int] | None]:
+    """``"train[:90%]"`` -> ``("train", (0, 90))``; a plain name -> ``(name, None)``."""
+    if "[" not in split and "]" not in split:
+        return split, None
+    m = _SPLIT_SLICE.fullmatch(split)
+    start = int(m["start"] or 0) if m else 0
+    end = int(m["end"] or 100) if m else 100
+    if m is None or not 0 <= start < end <= 100:
+        raise DataError(
+            f"folder split {split!r} is not a percent slice: write <split>[A%:B%] with "
+            "0 <= A < B <= 100, either end optional (e.g. train[:90%] and train[90%:])"
+        )
+    return m["base"], (start, end)
+
+
+def slice_per_class(source: IndexSource, split_dir: str, percent: tuple[int, int]) -> IndexSource:
+    """The examples of ``source`` in ``[start%, end%)`` of each class, each class ordered by a
+    hash of its files' names.
+
+    Per class, so every class keeps its share on both sides; by hash, so a folder's file order
+    (often by date or source) does not decide the held-out set, and a file's side depends only
+    on its name and its class's size. Complementary slices (``[:90%]``, ``[90%:]``) partition
+    the split: both ends round ``n * percent / 100`` the same way.
+    """
+    start, end = percent
+    keep: list[int] = []
+    for label in np.unique(source.labels):
+        members = np.flatnonzero(source.labels == label)
+        order = sorted(members, key=lambda i: hashlib.blake2b(
+            os.path.relpath(source.paths[i], split_dir).encode(), digest_size=8).digest())
+        n = len(order)
+        keep.extend(order[round(n * start / 100):round(n * end / 100)])
+    keep.sort()
+    sliced = IndexSource(
+        name=f"{source.name}[{start}%:{end}%]",
+        labels=source.labels[keep],
+        class_names=source.class_names,
+        encoded=None if source.encoded is None else [source.encoded[i] for i in keep],
+        paths=[source.paths[i] for i in keep],
+        skipped_files=source.skipped_files,
+    )
+    sliced._scan = source  # keeps the memoised scan alive while a slice of it is (folder_source)
+    return sliced
 
 
 def _looks_like_image(head: bytes) -> bool:
@@ -141,15 +194,19 @@ def folder_source(
     image header, are reported (``DataError`` naming the file) unless ``skip_corrupt``, in which
     case they are skipped and listed in ``skipped_files``. Hidden files (``.DS_Store``) are
     ignored. An empty class folder is an error: it would silently create a class with no data.
+    ``split`` may be a percent slice, ``train[:90%]`` (``slice_per_class``): the scan is of
+    ``<root>/train``, shared by its slices.
 
     The scan (listing, and reading every file's head, or the whole file when cached) is done
     once per process: while the returned source is alive, a call with the same root, split,
-    class names and cache settings returns that same object (treat it as read-only), unless a
+    class names and cache settings returns that same object (treat it as read-only; a slice is a
+    new slice of it), unless a
     class folder was modified since (its mtime). ``clear_folder_cache()`` forgets the scans.
     """
     if root is None:
         raise DataError('name="folder" needs data_dir=<root> holding <root>/<split>/<class>/*')
     root = os.fspath(root)
+    split, percent = parse_split(split)
     try:
         root_ok = fs.isdir(root)
     except tf.errors.OpError as e:  # remote: a missing bucket or credentials
@@ -171,7 +228,8 @@ def folder_source(
     if not present:
         raise DataError(f"split folder {split_dir!r} has no class sub-directories")
     if fs.is_remote(root):
-        return _list_remote_folder(split_dir, names, present, cache)
+        source = _list_remote_folder(split_dir, names, present, cache)
+        return source if percent is None else slice_per_class(source, split_dir, percent)
 
     source = _memoised_scan(split_dir, names, cache, cache_max_bytes)
     bad = source.skipped_files
@@ -184,7 +242,7 @@ def folder_source(
         )
     if bad:
         log.warning("skipping %d non-image file(s) in %s", len(bad), split_dir)
-    return source
+    return source if percent is None else slice_per_class(source, split_dir, percent)
 
 
 def _memoised_scan(
