@@ -199,7 +199,11 @@ def test_runs_saved_before_a_key_existed_still_resume():
     "override, message",
     [
         ("optimizer=adam", r"config.optimizer = 'adam'; choose one of \('sgd', 'adamw', 'radam'"),
-        ("schedule=one_cycle", "config.schedule = 'one_cycle'; choose one of"),
+        ("schedule=cyclic", "config.schedule = 'cyclic'; choose one of"),
+        ("one_cycle_pct_start=0", r"config.one_cycle_pct_start must be in \(0, 1\)"),
+        ("one_cycle_pct_start=1.0", r"config.one_cycle_pct_start must be in \(0, 1\)"),
+        ("one_cycle_div=0.5", r"config.one_cycle_div must be >= 1 \(lr / div\)"),
+        ("one_cycle_div_final=0", r"config.one_cycle_div_final must be >= 1 \(lr / div_final\)"),
         ("adam_b1=-0.1", r"config.adam_b1 must be in \[0, 1\)"),
         ("adam_b2=1.0", r"config.adam_b2 must be in \[0, 1\)"),
         ("adam_eps=-1e-8", "config.adam_eps must be >= 0"),

@@ -117,6 +117,34 @@ def test_flat_cosine_schedule():
     assert float(short(20)) == pytest.approx(0.1) and float(short(60)) == pytest.approx(0.05)
 
 
+def _fastai_combined_cos(pos, pct, start, middle, end):
+    # fastai's combined_cos: SchedCos(start, middle) over [0, pct), SchedCos(middle, end) after.
+    def sched_cos(a, b, p):
+        return a + (1 + np.cos(np.pi * (1 - p))) * (b - a) / 2
+
+    if pos < pct:
+        return sched_cos(start, middle, pos / pct)
+    return sched_cos(middle, end, (pos - pct) / (1 - pct))
+
+
+@pytest.mark.parametrize("warmup_length", [0.0, 20.0])
+def test_one_cycle_schedule_is_fastais_fit_one_cycle(warmup_length):
+    # fit_one_cycle(lr, div=25, div_final=1e5, pct_start=0.25), over the steps after any warm-up.
+    lr = _schedule(schedule="one_cycle", warmup="linear" if warmup_length else "none",
+                   warmup_length=warmup_length)
+    warm = int(warmup_length)
+    for step in range(warm, 101, 3):
+        pos = (step - warm) / (100 - warm)
+        expected = _fastai_combined_cos(pos, 0.25, 0.1 / 25, 0.1, 0.1 / 1e5)
+        # abs: float32's 1 + cos near pi is good to lr * 2^-24 (~6e-9 at lr 0.1), not relatively.
+        assert float(lr(step)) == pytest.approx(expected, rel=1e-5, abs=1e-8), step
+    assert float(lr(warm + (100 - warm) // 4)) == pytest.approx(0.1)
+    other = _schedule(schedule="one_cycle", warmup="none", one_cycle_pct_start=0.5,
+                      one_cycle_div=10.0, one_cycle_div_final=100.0)
+    assert [float(other(s)) for s in (0, 50, 100)] == pytest.approx([0.01, 0.1, 0.001])
+    assert float(other(75)) == pytest.approx(_fastai_combined_cos(0.75, 0.5, 0.01, 0.1, 0.001))
+
+
 def test_polynomial_schedule():
     # MLPerf ResNet-50 LARS: lr * (1 - t)^2 after the warm-up, t the fraction of the decay.
     lr = _schedule(schedule="polynomial", warmup="linear", warmup_length=20.0)

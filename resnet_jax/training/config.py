@@ -143,6 +143,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.lookahead_alpha = 0.5  # Lookahead slow-weight step size; radam + (6, 0.5) = fastai's Ranger
     c.flat_fraction = 0.75  # flat_cosine: peak lr for this fraction of training (fastai)
     c.schedule_power = 2.0  # polynomial: lr * (1 - t)^power after warm-up (MLPerf ResNet LARS)
+    c.one_cycle_pct_start = 0.25  # one_cycle: rise lr/div -> lr over this fraction (fastai)
+    c.one_cycle_div = 25.0  # one_cycle: the starting lr is lr / div (fastai, PyTorch OneCycleLR)
+    c.one_cycle_div_final = 1e5  # one_cycle: the final lr is lr / div_final (fastai)
     c.ema_decay = 0.0  # EMA of params and BN statistics; 0 -> off, else in (0, 1), e.g. 0.9998
     c.ema_warmup = False  # decay = min(ema_decay, (1 + step) / (10 + step)) (TF/timm)
     c.inference_weights = "raw"  # "ema": evaluate/predict/export/init_from/keep_best use the EMA
@@ -375,6 +378,14 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"config.flat_fraction must be in [0, 1], got {config.flat_fraction}")
     if config.schedule_power <= 0:
         raise ConfigError(f"config.schedule_power must be > 0, got {config.schedule_power}")
+    if not 0.0 < config.one_cycle_pct_start < 1.0:
+        raise ConfigError(
+            f"config.one_cycle_pct_start must be in (0, 1) (e.g. 0.25), got "
+            f"{config.one_cycle_pct_start}"
+        )
+    for key in ("one_cycle_div", "one_cycle_div_final"):
+        if config[key] < 1.0:
+            raise ConfigError(f"config.{key} must be >= 1 (lr / {key[10:]}), got {config[key]}")
     if config.ema_decay != 0.0 and not 0.0 < config.ema_decay < 1.0:
         raise ConfigError(
             f"config.ema_decay must be in (0, 1) (e.g. 0.9998), or 0 for no EMA; got "

@@ -42,6 +42,7 @@ class _Plan:
     warmup_lr: float
     flat_end: int = 0  # flat_cosine: the step where the cosine starts
     power: float = 1.0  # polynomial's exponent
+    cycle: tuple[float, float, float] = (0.25, 25.0, 1e5)  # one_cycle's pct_start, div, div_final
 
 
 def _cosine(step: jax.Array, p: _Plan) -> jax.Array:
@@ -68,6 +69,15 @@ def _polynomial(step: jax.Array, p: _Plan) -> jax.Array:
     return p.lr * (1.0 - t) ** p.power
 
 
+def _one_cycle(step: jax.Array, p: _Plan) -> jax.Array:
+    # fastai's fit_one_cycle (Smith 2018): half cosine up from lr/div to lr over pct_start of the
+    # steps after any warm-up, then half cosine down to lr/div_final; optax's schedule is it
+    # (optax divides the final value by div_final/div from lr/div).
+    pct_start, div, div_final = p.cycle
+    cycle = optax.cosine_onecycle_schedule(p.decay_len, p.lr, pct_start, div, div_final / div)
+    return cycle(step - p.warm)
+
+
 def _linear_warmup(step: jax.Array, p: _Plan) -> jax.Array:
     # Linear ramp from zero (Goyal et al. 2017, Sec. 2.2, gradual warm-up).
     return p.lr * step / max(p.warm, 1)
@@ -85,6 +95,7 @@ SCHEDULES: dict[str, Callable[[jax.Array, _Plan], jax.Array]] = {
     "constant": lambda step, p: jnp.full_like(step, p.lr),
     "flat_cosine": _flat_cosine,
     "polynomial": _polynomial,
+    "one_cycle": _one_cycle,
 }
 WARMUPS: dict[str, Callable[[jax.Array, _Plan], jax.Array]] = {
     "none": _constant_warmup,  # never used: the warm-up then has zero steps
@@ -108,7 +119,9 @@ def create_learning_rate_fn(
     boundaries = jnp.asarray([int(round(b * unit)) for b in config.lr_boundaries] or [total + 1])
     plan = _Plan(lr=lr, warm=warm, decay_len=max(1, total - warm), boundaries=boundaries,
                  factor=config.lr_decay_factor, warmup_lr=config.warmup_lr,
-                 flat_end=int(round(config.flat_fraction * total)), power=config.schedule_power)
+                 flat_end=int(round(config.flat_fraction * total)), power=config.schedule_power,
+                 cycle=(config.one_cycle_pct_start, config.one_cycle_div,
+                        config.one_cycle_div_final))
     main, warmup = SCHEDULES[config.schedule], WARMUPS[config.warmup]
 
     def schedule(step: jax.Array) -> jax.Array:
