@@ -204,6 +204,8 @@ def test_runs_saved_before_a_key_existed_still_resume():
         ("one_cycle_pct_start=1.0", r"config.one_cycle_pct_start must be in \(0, 1\)"),
         ("one_cycle_div=0.5", r"config.one_cycle_div must be >= 1 \(lr / div\)"),
         ("one_cycle_div_final=0", r"config.one_cycle_div_final must be >= 1 \(lr / div_final\)"),
+        ("one_cycle_moms=(0.95,0.85)", r"one_cycle_moms must be three momentums in \(0, 1\)"),
+        ("one_cycle_moms=(0.95,1.0,0.95)", r"one_cycle_moms must be three.*got \(0.95, 1.0,"),
         ("adam_b1=-0.1", r"config.adam_b1 must be in \[0, 1\)"),
         ("adam_b2=1.0", r"config.adam_b2 must be in \[0, 1\)"),
         ("adam_eps=-1e-8", "config.adam_eps must be >= 0"),

@@ -271,10 +271,10 @@ def test_evaluate_predict_and_plot_commands(straight, tmp_path, capsys):
 # The EMA (with warm-up), gradient accumulation (2 micro-batches of 1 per device) and Ranger
 # (RAdam + Lookahead every 2 steps: the resume after 3 steps falls between two syncs).
 RECIPE = ["ema_decay=0.9", "ema_warmup=true", "grad_accum_steps=2", "inference_weights=ema",
-          "optimizer=radam", "lookahead_steps=2"]
+          "optimizer=radam", "lookahead_steps=2", "schedule=one_cycle"]
 
 
-def test_ema_accumulation_and_ranger_resume_identically_and_both_weights_are_evaluated(
+def test_ema_accumulation_ranger_and_one_cycle_resume_identically_and_both_weights_evaluated(
     tmp_path, capsys
 ):
     from resnet_jax.training import evaluate, pretrained
@@ -282,9 +282,9 @@ def test_ema_accumulation_and_ranger_resume_identically_and_both_weights_are_eva
     whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
     summary = train_and_evaluate(tiny_config(*RECIPE), whole)
     log = capsys.readouterr().out
-    assert ("optimizer radam; Lookahead every 2 steps, alpha 0.5; EMA decay 0.9 with warm-up, "
-            "inference uses ema weights; gradients of 2 micro-batches of 8 per optimizer step"
-            ) in log
+    assert ("optimizer radam; one-cycle b1 0.95 -> 0.85 -> 0.95; Lookahead every 2 steps, "
+            "alpha 0.5; EMA decay 0.9 with warm-up, inference uses ema weights; gradients of 2 "
+            "micro-batches of 8 per optimizer step") in log
     assert f"ema_top1={summary['eval_ema_top1']:.4f}" in log
     assert train_and_evaluate(tiny_config(*RECIPE), parts, stop_after_steps=3)["step"] == 3
     assert train_and_evaluate(tiny_config(*RECIPE), parts)["step"] == N

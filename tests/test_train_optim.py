@@ -95,12 +95,16 @@ def test_label_smoothing():
     )
 
 
-def _schedule(**overrides):
+def _config(**overrides):
     c = default_config()
     c.lr_scale_with_batch, c.num_train_steps, c.schedule_unit = False, 100, "steps"
     for k, v in overrides.items():
         c[k] = v
-    return optim.create_learning_rate_fn(c, steps_per_epoch=10)
+    return c
+
+
+def _schedule(**overrides):
+    return optim.create_learning_rate_fn(_config(**overrides), steps_per_epoch=10)
 
 
 def test_flat_cosine_schedule():
@@ -145,6 +149,22 @@ def test_one_cycle_schedule_is_fastais_fit_one_cycle(warmup_length):
     assert float(other(75)) == pytest.approx(_fastai_combined_cos(0.75, 0.5, 0.01, 0.1, 0.001))
 
 
+@pytest.mark.parametrize("warmup_length", [0.0, 20.0])
+def test_one_cycle_momentum_moves_against_the_learning_rate_as_fastais(warmup_length):
+    # fit_one_cycle's moms=(0.95, 0.85, 0.95): combined_cos over the lr's phases; m0 in warm-up.
+    overrides = dict(schedule="one_cycle", warmup="linear" if warmup_length else "none",
+                     warmup_length=warmup_length)
+    mom = optim.create_momentum_fn(_config(**overrides), 10)
+    warm = int(warmup_length)
+    for step in range(0, 101, 3):
+        pos = max(0, step - warm) / (100 - warm)
+        expected = _fastai_combined_cos(pos, 0.25, 0.95, 0.85, 0.95)
+        assert float(mom(step)) == pytest.approx(expected, abs=1e-6), step
+    assert float(mom(warm + (100 - warm) // 4)) == pytest.approx(0.85)  # at the lr's peak
+    assert optim.create_momentum_fn(_config(**overrides, one_cycle_moms=()), 10) is None
+    assert optim.create_momentum_fn(_config(schedule="cosine"), 10) is None
+
+
 def test_polynomial_schedule():
     # MLPerf ResNet-50 LARS: lr * (1 - t)^2 after the warm-up, t the fraction of the decay.
     lr = _schedule(schedule="polynomial", warmup="linear", warmup_length=20.0)
@@ -164,7 +184,8 @@ def _opt_config(optimizer, **overrides):
 
 
 def _tx(c):
-    return optim.create_optimizer(c, optim.create_learning_rate_fn(c, 1))
+    return optim.create_optimizer(
+        c, optim.create_learning_rate_fn(c, 1), optim.create_momentum_fn(c, 1))
 
 
 def _norm(x):
@@ -218,16 +239,22 @@ def test_lamb_is_optax_lamb_without_the_mask():
         chex.assert_trees_all_equal(u1, u2)
 
 
-def test_radam_matches_liu_et_al_2020_by_hand():
+@pytest.mark.parametrize("one_cycle", [False, True])
+def test_radam_matches_liu_et_al_2020_by_hand(one_cycle):
     """fastai's RAdam step (Liu et al. 2020, Alg. 2), in float64: while rho_t <= 5 (the first 5
     steps at b2 = 0.99) a plain step of the debiased momentum, then the rectified Adam step;
-    decoupled decay lr * wd * w on the masked (ndim > 1) weights only."""
+    decoupled decay lr * wd * w on the masked (ndim > 1) weights only. Under one_cycle the lr
+    and b1 of step t are the schedules' values at t - 1, and fastai debiases with the current b1
+    (1 - b1_t^t), as optax does."""
     rng = np.random.RandomState(0)
     w = {"conv": {"kernel": rng.randn(3, 3, 2, 4).astype(np.float32)},
          "bn": {"scale": rng.randn(4).astype(np.float32)}}
     lr, b1, b2, eps, wd = 0.01, 0.95, 0.99, 1e-6, 0.01
     c = _opt_config("radam", learning_rate=lr, weight_decay=wd, adam_b1=b1, adam_b2=b2,
                     adam_eps=eps, wd_exclude_bn_and_bias=True)
+    if one_cycle:  # 8 steps: the lr peaks and b1 bottoms out at step 3 (pct_start 0.25 of 8)
+        c.schedule, c.num_train_steps, c.one_cycle_moms = "one_cycle", 8, (0.95, 0.6, 0.9)
+    lr_fn, b1_fn = optim.create_learning_rate_fn(c, 1), optim.create_momentum_fn(c, 1)
     tx = _tx(c)
     params = jax.tree.map(jnp.asarray, w)
     state = tx.init(params)
@@ -241,6 +268,8 @@ def test_radam_matches_liu_et_al_2020_by_hand():
         params = optax.apply_updates(params, updates)
         rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
         plain_steps += rho <= 5
+        if one_cycle:
+            lr, b1 = float(lr_fn(t - 1)), float(b1_fn(t - 1))
         for key, name in (("conv", "kernel"), ("bn", "scale")):
             m[key][name] = b1 * m[key][name] + (1 - b1) * g[key][name]
             v[key][name] = b2 * v[key][name] + (1 - b2) * g[key][name] ** 2
@@ -321,6 +350,37 @@ def test_frozen_and_lr_multipliers_work_for_every_optimizer(optimizer):
     rest = lambda t: {k: v for k, v in t.items() if k != "fc"}  # noqa: E731
     chex.assert_trees_all_close(rest(frozen), rest(plain), rtol=1e-6)
     chex.assert_trees_all_close(rest(half), rest(plain), rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw", "radam", "lamb", "lars"])
+def test_one_cycle_momentum_reaches_every_optimizers_momentum(optimizer):
+    """A one_cycle momentum held at m is the fixed momentum m (SGD's and LARS's ``momentum``,
+    Adam's b1), also under freezing and Lookahead; with () the momentum stays the config's."""
+    params = _abstract_params()
+    rng = np.random.RandomState(2)
+    grads = [jax.tree.map(lambda p: jnp.asarray(rng.randn(*p.shape), jnp.float32), params)
+             for _ in range(3)]
+
+    def run(**overrides):
+        c = _opt_config(optimizer, weight_decay=1e-3, schedule="one_cycle", num_train_steps=10,
+                        frozen="^fc/", lookahead_steps=2, **overrides)
+        tx = _tx(c)
+        state, p, out = tx.init(params), params, []
+        for g in grads:
+            u, state = tx.update(g, state, p)
+            p = optax.apply_updates(p, u)
+            out.append(u)
+        return out
+
+    key = "adam_b1" if optimizer in ("adamw", "radam", "lamb") else "momentum"
+    held = run(one_cycle_moms=(0.8, 0.8, 0.8))
+    # The injected b1 is a float32 array, the fixed one a Python float, so 1 - b1 rounds apart;
+    # Lookahead's updates are differences of params near 1, exact to float32's ulp there.
+    chex.assert_trees_all_close(held, run(one_cycle_moms=(), **{key: 0.8}), rtol=2e-5,
+                                atol=2.5e-7)
+    assert not np.allclose(held[-1]["conv1"]["kernel"],
+                           run(one_cycle_moms=(), **{key: 0.5})[-1]["conv1"]["kernel"])
+    chex.assert_trees_all_equal(held[-1]["fc"], jax.tree.map(jnp.zeros_like, held[-1]["fc"]))
 
 
 def test_default_optimizer_is_the_pinned_sgd_chain_bit_for_bit():

@@ -146,6 +146,8 @@ def default_config() -> ml_collections.ConfigDict:
     c.one_cycle_pct_start = 0.25  # one_cycle: rise lr/div -> lr over this fraction (fastai)
     c.one_cycle_div = 25.0  # one_cycle: the starting lr is lr / div (fastai, PyTorch OneCycleLR)
     c.one_cycle_div_final = 1e5  # one_cycle: the final lr is lr / div_final (fastai)
+    # one_cycle: momentum / Adam's b1 goes m0 -> m1 (at the lr's peak) -> m2; () keeps it fixed
+    c.one_cycle_moms = (0.95, 0.85, 0.95)  # fastai's fit_one_cycle moms
     c.ema_decay = 0.0  # EMA of params and BN statistics; 0 -> off, else in (0, 1), e.g. 0.9998
     c.ema_warmup = False  # decay = min(ema_decay, (1 + step) / (10 + step)) (TF/timm)
     c.inference_weights = "raw"  # "ema": evaluate/predict/export/init_from/keep_best use the EMA
@@ -386,6 +388,12 @@ def _validate_recipe(config: ml_collections.ConfigDict) -> None:
     for key in ("one_cycle_div", "one_cycle_div_final"):
         if config[key] < 1.0:
             raise ConfigError(f"config.{key} must be >= 1 (lr / {key[10:]}), got {config[key]}")
+    moms = tuple(config.one_cycle_moms)
+    if moms and (len(moms) != 3 or not all(0.0 < m < 1.0 for m in moms)):
+        raise ConfigError(
+            f"config.one_cycle_moms must be three momentums in (0, 1), e.g. (0.95, 0.85, 0.95), "
+            f"or () to keep the momentum fixed; got {moms}"
+        )
     if config.ema_decay != 0.0 and not 0.0 < config.ema_decay < 1.0:
         raise ConfigError(
             f"config.ema_decay must be in (0, 1) (e.g. 0.9998), or 0 for no EMA; got "

@@ -186,6 +186,9 @@ def _describe_recipe(config: ml_collections.ConfigDict) -> str:
     parts = []
     if config.optimizer != "sgd":
         parts.append(f"optimizer {config.optimizer}")
+    if config.schedule == "one_cycle" and config.one_cycle_moms:
+        name = "momentum" if config.optimizer in ("sgd", "lars") else "b1"
+        parts.append(f"one-cycle {name} " + " -> ".join(f"{m:g}" for m in config.one_cycle_moms))
     if config.lookahead_steps > 0:
         parts.append(f"Lookahead every {config.lookahead_steps} steps, alpha "
                      f"{config.lookahead_alpha:g}")

@@ -112,23 +112,46 @@ def create_learning_rate_fn(
     Boundaries are absolute steps (or epochs) from the start of training, as in He et al. 2015,
     Sec. 4.2 ("divide it by 10 at 32k and 48k iterations"), warm-up included.
     """
-    lr = peak_learning_rate(config)
-    unit = steps_per_epoch if config.schedule_unit == "epochs" else 1
-    total = total_steps(config, steps_per_epoch)
-    warm = int(round(config.warmup_length * unit)) if config.warmup != "none" else 0
-    boundaries = jnp.asarray([int(round(b * unit)) for b in config.lr_boundaries] or [total + 1])
-    plan = _Plan(lr=lr, warm=warm, decay_len=max(1, total - warm), boundaries=boundaries,
-                 factor=config.lr_decay_factor, warmup_lr=config.warmup_lr,
-                 flat_end=int(round(config.flat_fraction * total)), power=config.schedule_power,
-                 cycle=(config.one_cycle_pct_start, config.one_cycle_div,
-                        config.one_cycle_div_final))
+    plan = _plan(config, steps_per_epoch)
     main, warmup = SCHEDULES[config.schedule], WARMUPS[config.warmup]
 
     def schedule(step: jax.Array) -> jax.Array:
         step = jnp.asarray(step, jnp.float32)
-        return jnp.where(step < warm, warmup(step, plan), main(step, plan))
+        return jnp.where(step < plan.warm, warmup(step, plan), main(step, plan))
 
     return schedule
+
+
+def _plan(config: ml_collections.ConfigDict, steps_per_epoch: int) -> _Plan:
+    unit = steps_per_epoch if config.schedule_unit == "epochs" else 1
+    total = total_steps(config, steps_per_epoch)
+    warm = int(round(config.warmup_length * unit)) if config.warmup != "none" else 0
+    boundaries = jnp.asarray([int(round(b * unit)) for b in config.lr_boundaries] or [total + 1])
+    return _Plan(lr=peak_learning_rate(config), warm=warm, decay_len=max(1, total - warm),
+                 boundaries=boundaries, factor=config.lr_decay_factor,
+                 warmup_lr=config.warmup_lr, flat_end=int(round(config.flat_fraction * total)),
+                 power=config.schedule_power,
+                 cycle=(config.one_cycle_pct_start, config.one_cycle_div,
+                        config.one_cycle_div_final))
+
+
+def create_momentum_fn(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule | None:
+    """Step -> momentum (SGD's and LARS's ``momentum``, Adam's b1) under ``schedule=one_cycle``
+    with ``one_cycle_moms`` (m0, m1, m2); None where the momentum is fixed.
+
+    fastai's fit_one_cycle moves it against the learning rate over the same phases: half cosine
+    from m0 to m1 at the lr's peak, then to m2 at the last step (m0 through any warm-up).
+    """
+    if config.schedule != "one_cycle" or not config.one_cycle_moms:
+        return None
+    p = _plan(config, steps_per_epoch)
+    m0, m1, m2 = config.one_cycle_moms
+    peak = int(p.cycle[0] * p.decay_len)  # the lr's peak, as in optax.cosine_onecycle_schedule
+    cycle = optax.piecewise_interpolate_schedule(
+        "cosine", m0, {peak: m1 / m0, p.decay_len: m2 / m1})
+    return lambda step: cycle(jnp.maximum(step - p.warm, 0))  # m0 through the warm-up
 
 
 def weight_decay_mask(params: Any) -> Any:
@@ -285,49 +308,75 @@ def _decay_mask(config: ml_collections.ConfigDict) -> Callable[[Any], Any] | Non
     return weight_decay_mask if config.wd_exclude_bn_and_bias else None
 
 
+def _momentum_follows(
+    factory: Callable[..., optax.GradientTransformation],
+    name: str,
+    fixed: float | None,
+    momentum_fn: optax.Schedule | None,
+    **kwargs: Any,
+) -> optax.GradientTransformation:
+    """``factory(**kwargs)`` with its momentum argument ``name`` at ``fixed``, or following
+    ``momentum_fn`` step by step (one_cycle); only that argument is injected, so every other
+    one reaches ``factory`` as it is and the chain is the fixed one when the schedule is None."""
+    if momentum_fn is None:
+        return factory(**kwargs, **{name: fixed})
+    return optax.inject_hyperparams(factory, static_args=tuple(kwargs))(
+        **kwargs, **{name: momentum_fn})
+
+
 def _sgd_parts(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    momentum_fn: optax.Schedule | None = None,
 ) -> list[optax.GradientTransformation]:
     parts = []
     if config.weight_decay > 0:
         # L2 regularisation: wd * w added to the gradient before momentum, as in the papers.
         parts.append(optax.add_decayed_weights(config.weight_decay, mask=_decay_mask(config)))
-    parts.append(
-        optax.sgd(learning_rate_fn, momentum=config.momentum or None, nesterov=config.nesterov)
-    )
+    parts.append(_momentum_follows(optax.sgd, "momentum", config.momentum or None, momentum_fn,
+                                   learning_rate=learning_rate_fn, nesterov=config.nesterov))
     return parts
 
 
 def _adamw_parts(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    momentum_fn: optax.Schedule | None = None,
 ) -> list[optax.GradientTransformation]:
     # Decoupled decay, scaled by the lr as in PyTorch's AdamW (Loshchilov & Hutter 2019, Alg. 2).
-    return [optax.adamw(learning_rate_fn, b1=config.adam_b1, b2=config.adam_b2,
-                        eps=config.adam_eps, weight_decay=config.weight_decay,
-                        mask=_decay_mask(config))]
+    return [_momentum_follows(optax.adamw, "b1", config.adam_b1, momentum_fn,
+                              learning_rate=learning_rate_fn, b2=config.adam_b2,
+                              eps=config.adam_eps, weight_decay=config.weight_decay,
+                              mask=_decay_mask(config))]
 
 
 def _radam_parts(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    momentum_fn: optax.Schedule | None = None,
 ) -> list[optax.GradientTransformation]:
     # Liu et al. 2020: Adam with a rectified variance, plain momentum steps while rho_t < 5 (a
     # built-in warm-up); decoupled, masked decay as AdamW. With lookahead: fastai's Ranger.
     return [
-        optax.scale_by_radam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+        _momentum_follows(optax.scale_by_radam, "b1", config.adam_b1, momentum_fn,
+                          b2=config.adam_b2, eps=config.adam_eps),
         optax.add_decayed_weights(config.weight_decay, mask=_decay_mask(config)),
         optax.scale_by_learning_rate(learning_rate_fn),
     ]
 
 
 def _lamb_parts(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    momentum_fn: optax.Schedule | None = None,
 ) -> list[optax.GradientTransformation]:
     # optax.lamb's chain (You et al. 2020, Alg. 2), with the decay mask also excluding BN/bias
     # from layer adaptation as the reference LAMB does (optax.lamb has no trust-ratio mask).
     mask = _decay_mask(config)
     trust = optax.scale_by_trust_ratio()
     return [
-        optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
+        _momentum_follows(optax.scale_by_adam, "b1", config.adam_b1, momentum_fn,
+                          b2=config.adam_b2, eps=config.adam_eps),
         optax.add_decayed_weights(config.weight_decay, mask=mask),
         trust if mask is None else optax.masked(trust, mask),
         optax.scale_by_learning_rate(learning_rate_fn),
@@ -335,14 +384,18 @@ def _lamb_parts(
 
 
 def _lars_parts(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    momentum_fn: optax.Schedule | None = None,
 ) -> list[optax.GradientTransformation]:
     # You et al. 2017, Alg. 1; MLPerf's ResNet-50 excludes BN/bias from decay and adaptation.
     mask = _decay_mask(config) or True
-    return [optax.lars(learning_rate_fn, weight_decay=config.weight_decay,
-                       weight_decay_mask=mask, trust_coefficient=config.lars_trust_coefficient,
-                       eps=config.lars_eps, trust_ratio_mask=mask, momentum=config.momentum,
-                       nesterov=config.nesterov)]
+    return [_momentum_follows(optax.lars, "momentum", config.momentum, momentum_fn,
+                              learning_rate=learning_rate_fn, weight_decay=config.weight_decay,
+                              weight_decay_mask=mask,
+                              trust_coefficient=config.lars_trust_coefficient,
+                              eps=config.lars_eps, trust_ratio_mask=mask,
+                              nesterov=config.nesterov)]
 
 
 # The registry config.optimizer chooses from: config -> the chain of one parameter group.
@@ -356,14 +409,18 @@ OPTIMIZERS: dict[str, Callable[..., list[optax.GradientTransformation]]] = {
 
 
 def optimizer_parts(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    momentum_fn: optax.Schedule | None = None,
 ) -> list[optax.GradientTransformation]:
     """The chain of ``config.optimizer`` for one parameter group, weight decay included."""
-    return OPTIMIZERS[config.optimizer](config, learning_rate_fn)
+    return OPTIMIZERS[config.optimizer](config, learning_rate_fn, momentum_fn)
 
 
 def create_optimizer(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    momentum_fn: optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
     """``config.optimizer``: by default SGD with momentum and (masked) L2 weight decay (He et
     al. 2015, Sec. 3.4); AdamW, LAMB or LARS with their decoupled, equally masked, decay.
@@ -373,15 +430,18 @@ def create_optimizer(
     a multiplier group runs the same chain with its updates scaled by its factor (its own
     momentum, so the factor scales the effective learning rate exactly).
     ``config.lookahead_steps`` k > 0 wraps all of it in Lookahead (k, ``lookahead_alpha``).
+    ``momentum_fn`` (``create_momentum_fn``; None: fixed) schedules the momentum or Adam's b1.
     """
-    tx = _partitioned_optimizer(config, learning_rate_fn)
+    tx = _partitioned_optimizer(config, learning_rate_fn, momentum_fn)
     if config.lookahead_steps > 0:
         tx = lookahead(tx, config.lookahead_steps, config.lookahead_alpha)
     return tx
 
 
 def _partitioned_optimizer(
-    config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+    config: ml_collections.ConfigDict,
+    learning_rate_fn: optax.Schedule,
+    momentum_fn: optax.Schedule | None,
 ) -> optax.GradientTransformation:
     parts = []
     multipliers = parse_lr_multipliers(config.lr_multipliers)
@@ -389,7 +449,7 @@ def _partitioned_optimizer(
         # The plain chain: unchanged, so its optimizer state (and old checkpoints) still fit.
         if config.grad_clip_norm > 0:
             parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
-        return optax.chain(*parts, *optimizer_parts(config, learning_rate_fn))
+        return optax.chain(*parts, *optimizer_parts(config, learning_rate_fn, momentum_fn))
 
     def labels(tree: Any) -> Any:
         return param_labels(tree, config)
@@ -403,12 +463,12 @@ def _partitioned_optimizer(
             parts.append(optax.masked(optax.set_to_zero(), frozen_mask))
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
     groups = {
-        TRAIN_LABEL: optax.chain(*optimizer_parts(config, learning_rate_fn)),
+        TRAIN_LABEL: optax.chain(*optimizer_parts(config, learning_rate_fn, momentum_fn)),
         FROZEN_LABEL: optax.set_to_zero(),
     }
     for i, (_, factor) in enumerate(multipliers):
         groups[_multiplier_label(i)] = optax.chain(
-            *optimizer_parts(config, learning_rate_fn), optax.scale(factor)
+            *optimizer_parts(config, learning_rate_fn, momentum_fn), optax.scale(factor)
         )
     parts.append(optax.multi_transform(groups, labels))
     return optax.chain(*parts)

@@ -95,7 +95,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, ckpt: Checkpointer)
     num_steps = optim.total_steps(config, steps_per_epoch)
     model = build.create_model(config, train_ds.num_classes, precision)
     lr_fn = optim.create_learning_rate_fn(config, steps_per_epoch)
-    tx = optim.create_optimizer(config, lr_fn)
+    tx = optim.create_optimizer(
+        config, lr_fn, optim.create_momentum_fn(config, steps_per_epoch))
 
     dp = DataParallel(config.parallel)
     fp16 = precision == "float16"
