@@ -200,8 +200,8 @@ def folder_source(
     The scan (listing, and reading every file's head, or the whole file when cached) is done
     once per process: while the returned source is alive, a call with the same root, split,
     class names and cache settings returns that same object (treat it as read-only; a slice is a
-    new slice of it), unless a
-    class folder was modified since (its mtime). ``clear_folder_cache()`` forgets the scans.
+    new slice of it), unless a class folder was modified since (its mtime).
+    ``clear_folder_cache()`` forgets the scans.
     """
     if root is None:
         raise DataError('name="folder" needs data_dir=<root> holding <root>/<split>/<class>/*')
