@@ -68,16 +68,15 @@ def slice_per_class(source: IndexSource, split_dir: str, percent: tuple[int, int
         n = len(order)
         keep.extend(order[round(n * start / 100):round(n * end / 100)])
     keep.sort()
-    sliced = IndexSource(
+    return IndexSource(
         name=f"{source.name}[{start}%:{end}%]",
         labels=source.labels[keep],
         class_names=source.class_names,
         encoded=None if source.encoded is None else [source.encoded[i] for i in keep],
         paths=[source.paths[i] for i in keep],
         skipped_files=source.skipped_files,
+        parent=source,  # keeps the memoised scan alive while a slice of it is (folder_source)
     )
-    sliced._scan = source  # keeps the memoised scan alive while a slice of it is (folder_source)
-    return sliced
 
 
 def _looks_like_image(head: bytes) -> bool:

@@ -29,6 +29,8 @@ class IndexSource:
     encoded: list[bytes] | None = None
     paths: list[str] | None = None
     skipped_files: list[str] = dataclasses.field(default_factory=list)
+    # The source this one was cut from (a folder slice), kept alive so its memoised scan is.
+    parent: IndexSource | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -130,4 +132,5 @@ def drop_examples(source: IndexSource, bad: Sequence[int]) -> IndexSource:
         encoded=None if source.encoded is None else [source.encoded[i] for i in keep],
         paths=None if source.paths is None else [source.paths[i] for i in keep],
         skipped_files=sorted(source.skipped_files + [source.describe(i) for i in bad]),
+        parent=source.parent,
     )
