@@ -20,7 +20,7 @@ import pytest
 
 from resnet_jax.checkpoint import Checkpointer, CheckpointMismatchError, load_numpy
 from resnet_jax.training.config import load_config
-from resnet_jax.training.host import SET_BY_TRAIN_ENV
+from resnet_jax.training.host import SET_BY_TRAIN_ENV, TCMALLOC_SET_BY_TRAIN_ENV
 from resnet_jax.training.loop import TrainingDivergedError, train_and_evaluate
 from resnet_jax.training.metrics import read_jsonl
 from resnet_jax.training.peers import WORKER_ENV
@@ -60,7 +60,8 @@ def subprocess_env(devices):
                                  *COMPILE_FLAGS])
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop(WORKER_ENV, None)
-    for name in ("GLIBC_TUNABLES", SET_BY_TRAIN_ENV):  # train.py decides, as in a user's shell
+    # train.py decides, as in a user's shell
+    for name in ("GLIBC_TUNABLES", SET_BY_TRAIN_ENV, "LD_PRELOAD", TCMALLOC_SET_BY_TRAIN_ENV):
         env.pop(name, None)
     return env
 
@@ -382,4 +383,4 @@ def test_quickstart_reaches_stated_accuracy(tmp_path):
     final = json.loads(proc.stdout.strip().splitlines()[-1][len("final: "):])
     assert final["step"] == 300 and final["eval_top1"] >= 0.97, final
     assert {"eval_top5", "wall_s"} <= set(final)
-    assert expected_malloc_note(env) in proc.stdout  # re-executed with huge pages
+    assert expected_malloc_note(env) in proc.stdout  # re-executed (huge pages, tcmalloc)

@@ -166,7 +166,7 @@ def _log_start(run: Run, progress: Progress) -> None:
         + (f"; resumed from step {run.start_step}" if run.start_step else "")
     )
     if jax.default_backend() == "cpu":  # the step's speed on a CPU depends on it (~1.3x)
-        progress.log(host.huge_pages_note())
+        progress.log(host.malloc_note())
     if run.init_message:
         progress.log(run.init_message)
     recipe = _describe_recipe(config)
