@@ -269,6 +269,18 @@ def test_evaluate_predict_and_plot_commands(straight, tmp_path, capsys):
     assert len(plot.plot_runs([workdir], str(tmp_path / "by_epoch"), x="epoch")) == 2
 
 
+def test_a_resumed_runs_curve_has_each_step_once_in_order():
+    from resnet_jax.training import plot
+
+    # Stopped after logging step 3 with its last checkpoint at 2: steps 3 and 4 come after.
+    rows = [{"split": "train", "step": s, "loss": v}
+            for s, v in ((1, 9.0), (2, 8.0), (3, 7.5), (3, 7.0), (4, 6.0))]
+    rows.insert(2, {"split": "eval", "step": 2, "top1": 0.5})
+    assert plot.curve(rows, "train", "loss") == [(1, 9.0), (2, 8.0), (3, 7.0), (4, 6.0)]
+    assert plot.curve(rows, "eval", "top1", scale=0.5) == [(1.0, 0.5)]
+    assert plot.curve(rows, "eval", "loss") == []
+
+
 # The EMA (with warm-up), gradient accumulation (2 micro-batches of 1 per device) and Ranger
 # (RAdam + Lookahead every 2 steps: the resume after 3 steps falls between two syncs).
 RECIPE = ["ema_decay=0.9", "ema_warmup=true", "grad_accum_steps=2", "inference_weights=ema",

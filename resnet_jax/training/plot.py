@@ -23,6 +23,13 @@ def _epochs_per_step(rows: list[dict]) -> float:
     return logged[-1]["epoch"] / logged[-1]["step"]
 
 
+def curve(rows: list[dict], split: str, key: str, scale: float = 1.0) -> list[tuple[float, float]]:
+    """(step * scale, value) of ``split``'s rows that log ``key``, in step order. A resumed run
+    logs again the steps after its last checkpoint: the later row of a step wins."""
+    by_step = {r["step"]: r[key] for r in rows if r["split"] == split and key in r}
+    return [(step * scale, by_step[step]) for step in sorted(by_step)]
+
+
 def plot_runs(workdirs: list[str], out_dir: str, x: str = "step") -> list[str]:
     """Writes loss.png and error.png to ``out_dir`` against ``x`` ("step" or "epoch"); returns
     their paths."""
@@ -43,9 +50,7 @@ def plot_runs(workdirs: list[str], out_dir: str, x: str = "step") -> list[str]:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for color, (run, rows) in enumerate(runs.items()):  # one colour per run
             for split, style in (("train", "--"), ("eval", "-")):
-                key = keys[0]
-                pts = [(r["step"] * scale[run], r[key])
-                       for r in rows if r["split"] == split and key in r]
+                pts = curve(rows, split, keys[0], scale[run])
                 if pts:
                     xs, ys = zip(*pts, strict=True)
                     ax.plot(xs, ys, style, color=f"C{color % 10}",
