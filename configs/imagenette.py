@@ -42,7 +42,9 @@ img/s for seed 2 on a 2-core Intel Xeon with AMX (82 min with 14 min of pauses);
 81.16% +- 0.52 (std of seeds 0, 1, 2: 81.50, 80.56, 81.43; 81.14% +- 0.38 in the 224/256 crop),
 69-98 min each, partly on shared cores; on ResNet-50-D with AdamW (lr 4e-3, 0.3-epoch warm-up)
 and ReLU instead, 77.99% +- 0.59 (seeds 0, 1, 2; 224/256 crop); baseline 68.94% (seed 0), 24 min;
-20ep_128 and 5ep_192 not run yet (docs/recipes.md#imagenette-against-fastais-leaderboard).
+20ep_128 90.80% in fastai's view (seed 0; 90.70% in the 224/256 crop), 5.2 h on the
+2-core Intel Xeon, resumed across sessions (3.7-4.4 h alone with tcmalloc); 5ep_192 not run yet
+(docs/recipes.md#imagenette-against-fastais-leaderboard).
 """
 
 import math
