@@ -16,18 +16,18 @@ Variants "<E>ep_<S>": E epochs at S px, fastai's Imagenette recipe (train_imagen
 leaderboard's script; 2020-01-train.md's `--arch xse_resnext50 --sa 1 --opt ranger`) on fastai's
 xse_resnext50 network: seresnext50d_32x4d (xresnet's deep stem and average-pool shortcuts,
 ResNeXt 32x4d, SE with r = 16) with fastai's self-attention layer in stage 1's last unit, Mish in
-place of ReLU and zero-initialised residual BN gammas; fastai's Ranger, i.e. RAdam (betas
+place of ReLU, zero-initialised residual BN gammas and fastai's initialisation (every conv and
+the classifier He-normal over the fan-in, xresnet's init_cnn); fastai's Ranger, i.e. RAdam (betas
 0.95/0.99, eps 1e-6) with Lookahead (k = 6, alpha 0.5), at lr 8e-3 for batch 64, no warm-up,
 flat for 75% of training then cosine (fit_flat_cos); decoupled weight decay 0.01, none on BN and
 biases; label smoothing 0.1; random-resized crops of 35-100% of the image and flips. The
 leaderboard's rules hold: no test-time augmentation, tested at the training size, in fastai's
 validation view (its RandomResizedCrop's: the image resized to S + ceil(0.14 S / 8) * 8 px, then
-the centre S, i.e. crop_fraction 128/152 at 128 px). Two differences remain: fastai's recipe
+the centre S, i.e. crop_fraction 128/152 at 128 px). One difference remains: fastai's recipe
 runs with max-pool shortcuts (`--pool MaxPool`), ours average as ResNet-D
-(`--config.model_kwargs.down_pool=max` gives fastai's), and fastai initialises every conv and
-the classifier over the fan-in (xresnet's init_cnn), ours over the fan-out as torchvision
-(`--config.model_kwargs.weight_init=fastai` gives fastai's); see docs/recipes.md for why
-neither is the default yet. The same recipe on ResNet-50-D:
+(`--config.model_kwargs.down_pool=max` gives fastai's; see docs/recipes.md for why it is not the
+default). `--config.model_kwargs.weight_init=torchvision` gives the fan-out init of the runs
+before 2026-12-07. The same recipe on ResNet-50-D:
 `--config.model=resnet50d --config.model_kwargs.self_attention=False`.
 "baseline": ResNet-18 with the ImageNet recipe (SGD, lr 0.1 x 64/256, half an epoch of warm-up,
 cosine; inception crops).
@@ -35,15 +35,17 @@ cosine; inception crops).
 Hardware: any; measured on 2 CPU cores (docs/recipes.md#imagenette-against-fastais-leaderboard).
 Expected: the leaderboard's entries are 85.77% (5 epochs, 128 px), 91.57% (20 epochs, 128 px) and
 86.76% (5 epochs, 192 px). Measured (float32; Imagenette resized to 224 px squares): 5ep_128
-83.00% +- 0.58 in fastai's view (std of seeds 0, 1, 2: 83.67, 82.62, 82.70; 82.99% +- 0.20 in
-the centre 224/256 crop), 101 and 89 min at 8.0 and 10.0-10.6 img/s for seeds 0 and 1 on a
-2-core AMD EPYC Zen 4 (seed 1 with huge-page malloc, partly on shared cores), 68 min at 11.8-12.0
-img/s for seed 2 on a 2-core Intel Xeon with AMX (82 min with 14 min of pauses); on ResNet-50-D
-81.16% +- 0.52 (std of seeds 0, 1, 2: 81.50, 80.56, 81.43; 81.14% +- 0.38 in the 224/256 crop),
-69-98 min each, partly on shared cores; on ResNet-50-D with AdamW (lr 4e-3, 0.3-epoch warm-up)
-and ReLU instead, 77.99% +- 0.59 (seeds 0, 1, 2; 224/256 crop); baseline 68.94% (seed 0), 24 min;
-20ep_128 90.80% in fastai's view (seed 0; 90.70% in the 224/256 crop), 5.2 h on the
-2-core Intel Xeon, resumed across sessions (3.7-4.4 h alone with tcmalloc); 5ep_192 not run yet
+83.60% +- 0.08 in fastai's view (std of seeds 0, 1, 2: 83.62, 83.67, 83.52; 83.71% +- 0.37 in
+the centre 224/256 crop), 44.5 and 43.5 min at 18.5-18.7 img/s for seeds 1 and 2 on a 2-core
+Intel Xeon (family 6 model 207; avx512f avx512_bf16 amx_bf16 amx_int8) with tcmalloc, 74 min
+for seed 0 on a 2-core Intel Xeon (model 167) with huge-page malloc, partly on shared cores; with
+torchvision's init (the runs before 2026-12-07) 83.00% +- 0.58 (seeds 0, 1, 2: 83.67, 82.62,
+82.70), 68-101 min each; on ResNet-50-D 81.16% +- 0.52 (std of seeds 0, 1, 2: 81.50, 80.56,
+81.43; 81.14% +- 0.38 in the 224/256 crop; torchvision's init), 69-98 min each, partly on shared
+cores; on ResNet-50-D with AdamW (lr 4e-3, 0.3-epoch warm-up) and ReLU instead, 77.99% +- 0.59
+(seeds 0, 1, 2; 224/256 crop); baseline 68.94% (seed 0), 24 min; 20ep_128 with torchvision's
+init 90.80% in fastai's view (seed 0; 90.70% in the 224/256 crop), 5.2 h on the 2-core Intel
+Xeon (model 167), resumed across sessions (3.7-4.4 h alone with tcmalloc); 5ep_192 not run yet
 (docs/recipes.md#imagenette-against-fastais-leaderboard).
 """
 
@@ -81,6 +83,7 @@ def get_config(variant: str = "5ep_128"):
     c.model_kwargs.self_attention = True  # fastai's --sa 1
     c.model_kwargs.zero_init_residual = True
     c.model_kwargs.activation = "mish"  # fastai's xresnet act_cls in train_imagenette.py
+    c.model_kwargs.weight_init = "fastai"  # xresnet's init_cnn: He-normal over the fan-in
     c.dataset_options.area_range = (0.35, 1.0)
     c.optimizer = "radam"
     c.lookahead_steps = 6  # + radam: fastai's ranger (Lookahead alpha 0.5, the default)

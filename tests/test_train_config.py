@@ -109,11 +109,17 @@ def test_config_argument_and_paper_recipe():
 
 
 def test_imagenette_cells_validate_in_fastais_view():
+    from resnet_jax.training.build import create_model
+
     # fastai's RandomResizedCrop in validation: resize to S + ceil(0.14 S / 8) * 8, centre S.
     nette = os.path.join(ROOT, "configs", "imagenette.py")
     for variant, resized in (("5ep_128", 152), ("20ep_128", 152), ("5ep_192", 224)):
         c = load_config(f"{nette}:{variant}")
         assert c.dataset_options.crop_fraction == pytest.approx(c.image_size / resized)
+        # fastai's xse_resnext50 as its recipe builds it, through the same path as train.py.
+        model = create_model(c, num_classes=10)
+        assert (model.weight_init, model.activation, model.self_attention) == (
+            "fastai", "mish", True)
     assert not load_config(f"{nette}:baseline").dataset_options.get("crop_fraction")
     with pytest.raises(ValueError, match="unknown Imagenette variant"):
         load_config(f"{nette}:7ep_128")
