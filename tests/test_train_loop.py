@@ -120,6 +120,23 @@ def test_sigterm_saves_and_exits_then_resume_is_identical(straight, tmp_path):
     assert_same_params(load_numpy(os.path.join(workdir, "checkpoints"), N)[0], straight[2])
 
 
+def test_summary_of_a_resumed_run_stopped_before_its_next_eval_keeps_the_last_eval(tmp_path):
+    from resnet_jax.data import digits_split_indices
+
+    workdir = str(tmp_path)
+    every_4 = f"eval_every_epochs={4 / (len(digits_split_indices('train')) // 16)}"
+    first = train_and_evaluate(tiny_config(every_4), workdir, stop_after_steps=5)
+    assert (first["stopped"], first["eval_step"]) == ("stop_after_steps", 4)
+    # Resumed at 5 and stopped at 6: this process evaluated nothing; step 4's figures stand.
+    second = train_and_evaluate(tiny_config(every_4), workdir, stop_after_steps=6)
+    assert (second["step"], second["eval_step"]) == (6, 4)
+    keys = ("eval_top1", "eval_top5", "eval_loss")
+    assert [second[k] for k in keys] == [first[k] for k in keys] and first["eval_top1"] is not None
+    assert json.load(open(os.path.join(workdir, "summary.json")))["eval_top1"] == first["eval_top1"]
+    final = train_and_evaluate(tiny_config(every_4), workdir)
+    assert (final["step"], final["eval_step"], final["stopped"]) == (N, N, None)
+
+
 def test_the_host_runs_at_most_max_steps_ahead_of_slow_steps(tmp_path, monkeypatch):
     """SIGTERM is seen once per step on the host, so the host must not run far ahead of the
     devices (dispatch is asynchronous). Each step here first does ~0.1 s of matmuls; without the

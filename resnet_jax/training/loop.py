@@ -24,7 +24,13 @@ import ml_collections
 from resnet_jax import fs
 from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.training import host, optim
-from resnet_jax.training.metrics import MetricWriter, Progress, TrainingDivergedError, TrainMetrics
+from resnet_jax.training.metrics import (
+    MetricWriter,
+    Progress,
+    TrainingDivergedError,
+    TrainMetrics,
+    read_jsonl,
+)
 from resnet_jax.training.parallel import DataParallel
 from resnet_jax.training.prepare import Run, check_workdir, prepare
 from resnet_jax.training.step import TrainState, ema_of
@@ -79,6 +85,7 @@ class _End:
     step: int
     metrics: TrainMetrics
     last_eval: dict[str, float]
+    eval_step: int | None  # the step of last_eval
     last_saved: int
     stopped: str | None  # None: finished; "SIGTERM" or "stop_after_steps": resumable
 
@@ -91,7 +98,7 @@ def _train(
     metrics = TrainMetrics(run.dp, run.lr_fn, run.steps_per_epoch, fp16=run.fp16,
                            checkpoints=run.ckpt)
     last_eval: dict[str, float] = {}
-    last_saved, stopped = run.start_step, None
+    eval_step, last_saved, stopped = None, run.start_step, None
     batches = run.dp.device_batches(run.train_ds)  # the next batches already on the devices
     in_flight: collections.deque = collections.deque()  # the metric sums of unfinished steps
     with _Preemption() as preemption:
@@ -108,7 +115,7 @@ def _train(
                 metrics.log(step, state, writer, progress)  # raises if diverged: before saving
             save_metrics = None
             if do_eval and not stop:
-                last_eval = _evaluate_state(run, state)
+                last_eval, eval_step = _evaluate_state(run, state), step
                 _log_eval(step, last_eval, writer, progress)
                 save_metrics = {"eval_top1": _selected_top1(config, last_eval)}
                 metrics.restart_clock()  # images/s counts training time only
@@ -122,22 +129,25 @@ def _train(
                 run.ckpt.wait()
                 progress.log(f"stopped ({stopped}) at step {step}: checkpoint saved")
                 break
-    return _End(state, step, metrics, last_eval, last_saved, stopped)
+    return _End(state, step, metrics, last_eval, eval_step, last_saved, stopped)
 
 
 def _finish(run: Run, end: _End, writer: MetricWriter, t_start: float) -> dict[str, Any]:
     """Evaluates if the loop did not, saves the last step if unsaved, writes the summary."""
-    last_eval, last_train = end.last_eval, end.metrics.last
+    last_eval, eval_step, last_train = end.last_eval, end.eval_step, end.metrics.last
     if end.stopped is None and not last_eval:
         # Resumed at (or past) the end: evaluate the final state once more for the summary.
-        last_eval = _evaluate_state(run, end.state)
+        last_eval, eval_step = _evaluate_state(run, end.state), end.step
     if end.last_saved != end.step and end.step not in run.ckpt.all_steps():
         _save(run, end.step, end.state)
     run.ckpt.close()
     writer.close()
+    if not last_eval:  # stopped before this process evaluated: the run's latest evaluation
+        last_eval, eval_step = _logged_eval(writer.path, end.step)
     summary = {
         "step": end.step,
         "epoch": end.step / run.steps_per_epoch,
+        "eval_step": eval_step,
         "eval_top1": last_eval.get("top1"),
         "eval_top5": last_eval.get("top5"),
         "eval_loss": last_eval.get("loss"),
@@ -152,6 +162,19 @@ def _finish(run: Run, end: _End, writer: MetricWriter, t_start: float) -> dict[s
     if run.lead:
         fs.write_text(fs.join(run.workdir, "summary.json"), json.dumps(summary, indent=2))
     return summary
+
+
+def _logged_eval(metrics_path: str, up_to_step: int) -> tuple[dict[str, float], int | None]:
+    """The latest eval row of metrics.jsonl at or before ``up_to_step`` (a resumed run repeats
+    the same steps bit-identically, so an earlier process's evaluation still holds)."""
+    if not fs.exists(metrics_path):
+        return {}, None
+    rows = [r for r in read_jsonl(metrics_path)
+            if r.get("split") == "eval" and r["step"] <= up_to_step]
+    if not rows:
+        return {}, None
+    row = max(rows, key=lambda r: r["step"])  # equal steps hold equal values; any one will do
+    return {k: v for k, v in row.items() if k not in ("step", "split", "error")}, row["step"]
 
 
 def _log_start(run: Run, progress: Progress) -> None:
